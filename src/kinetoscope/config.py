@@ -1,0 +1,149 @@
+"""Typed run configuration: pydantic schemas, YAML loading and ``--set a.b=c`` overrides.
+
+A config is one YAML file (no inheritance chains). Every section forbids unknown keys, so a typo is
+an error that names the key; ``model`` is the exception: besides ``name`` it carries the model's
+own options, which ``kinetoscope.models.create_model`` checks against the builder's signature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    root: Path = Field(description="dataset directory: annotations.csv + frame cache")
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str | None = None
+    frames: int | None = Field(None, description="frames per clip (uniformly sampled); None = all")
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = "cnn3d"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw", "adadelta", "rmsprop"] = "sgd"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-5, ge=0)
+
+
+class TrainConfig(_Strict):
+    max_epochs: int = Field(100, ge=1)
+    patience: int = Field(10, ge=1, description="early stopping: epochs without improvement")
+    monitor: Literal["val_acc", "val_loss", "val_f1"] = "val_acc"
+    seed: int = 0
+    devices: int = Field(1, ge=1)
+    strategy: str = "auto"
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    gradient_clip: float | None = None
+    limit_train_batches: float = Field(1.0, gt=0)
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    out_dir: Path = Path("runs")
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        given = "" if e["type"] in ("missing",) else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {msg}{given if e['type'] != 'extra_forbidden' else ''}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.hidden=16"`` -> (["model", "hidden"], 16); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return raw
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "") -> RunConfig:
+    raw = apply_overrides(dict(raw), list(overrides or []))
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source or "<dict>")) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a run config; ``overrides`` are ``key.sub=value`` strings."""
+    raw = load_yaml(path) if path is not None else {}
+    return build_config(raw, overrides, source=str(path) if path else "<command line>")
