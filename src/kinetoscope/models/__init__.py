@@ -33,6 +33,12 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def model_options(name: str) -> dict[str, Any]:
+    """The options a model builder takes, with their defaults."""
+    _load_all()
+    return MODELS.options(name)
+
+
 def create_model(name: str, num_classes: int, in_channels: int = 3, **options: Any):
     """Build a registered model. Unknown names and options raise errors that list the valid ones."""
     _load_all()
@@ -47,4 +53,4 @@ def model_info(name_or_model: Any, input_shape: tuple[int, ...] = (3, 16, 112, 1
     return profile_model(name_or_model, input_shape=input_shape, **kwargs)
 
 
-__all__ = ["create_model", "list_models", "model_info", "register_model"]
+__all__ = ["create_model", "list_models", "model_info", "model_options", "register_model"]

@@ -1,0 +1,293 @@
+"""The one command line: ``kinetoscope <command>``.
+
+Thin by design (DESIGN.md): every command parses its options and calls one function of the
+packages; heavy imports (torch, lightning) happen inside the commands so ``--help`` stays fast.
+Errors that users can fix (bad config, missing file, unknown name) are printed as one red line and
+exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    name="kinetoscope",
+    help="Video recognition that takes time seriously: train, evaluate, probe and explain "
+    "spatiotemporal models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+synth_app = typer.Typer(help="Generate and derive datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Index, decode and cache videos; inspect datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="List models, profile one, import weights.", no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+def user_errors(fn):
+    """Report expected errors as one line (exit 2); anything else keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def not_yet(command: str, issue: str) -> None:
+    console.print(f"[yellow]`kinetoscope {command}` is not yet available[/] (planned: {issue}).")
+    raise typer.Exit(3)
+
+
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set model.hidden=16.")
+]
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@app.command()
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo run goes.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="A much smaller demo (a minute; models barely learn).")] = False,
+    seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming finished steps.")] = False,
+) -> None:
+    """Temporal Shapes in minutes: generate data, train a 3D CNN and a ConvLSTM, evaluate across
+    domains and under reversal, write report.html."""
+    from kinetoscope.report.demo import run_demo
+
+    report = run_demo(out_dir, quick=quick, seed=seed, overwrite=overwrite)
+    out.print(f"report: [bold]{report}[/]  (open it in a browser)")
+
+
+# --------------------------------------------------------------------------------------------- synth
+@synth_app.command("temporal-shapes")
+@user_errors
+def synth_temporal_shapes(
+    out_dir: Annotated[Path, typer.Argument(help="Output dataset directory.")],
+    domain: Annotated[str, typer.Option(help="2dot, 5dot, mnist or mnist-bg.")] = "2dot",
+    num: Annotated[int, typer.Option(help="Number of clips.")] = 5000,
+    split: Annotated[str, typer.Option(help="'trainval' (random 80/20 split) or a split name for all clips.")]
+    = "trainval",
+    frames: int = 20,
+    size: int = 64,
+    seed: int = 0,
+    digits: Annotated[Path | None, typer.Option(help="Directory with MNIST IDX files (default: "
+                                                     "scikit-learn's bundled digits).")] = None,
+    overwrite: bool = False,
+) -> None:
+    """Generate Temporal Shapes (seed 000 [T] §5.1): 5 trajectory classes, 4 appearance domains."""
+    from kinetoscope.synth import generate_temporal_shapes
+
+    path = generate_temporal_shapes(out_dir, domain=domain, num=num, split=split, seed=seed, frames=frames,
+                                    size=size, digits=digits, overwrite=overwrite)
+    out.print(f"wrote {num} clips to [bold]{path}[/]")
+
+
+@synth_app.command("appearance-free")
+def synth_appearance_free() -> None:
+    """Turn videos into appearance-free (random-dot) videos that keep only motion."""
+    not_yet("synth appearance-free", "issue 8, probing suites")
+
+
+# ---------------------------------------------------------------------------------------------- data
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    source: Annotated[Path, typer.Argument(help="Folder of videos (class folders) or the dataset root.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output dataset directory (the frame cache).")],
+    annotations: Annotated[Path | None, typer.Option(help="Annotations file (CSV, split list, JSON).")] = None,
+    format: Annotated[str, typer.Option(help="csv, folders, ucf101, hmdb51, ssv2 or kth.")] = "folders",
+    fps: Annotated[float | None, typer.Option(help="Resample to this frame rate.")] = None,
+    size: Annotated[int | None, typer.Option(help="Resize the shorter side to this many pixels.")] = None,
+    grayscale: bool = False,
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 0,
+    shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos.")] = None,
+) -> None:
+    """Index, decode, resample and cache videos; problems go to problems.csv."""
+    from kinetoscope.data.prepare import prepare_dataset
+
+    shard_tuple = None
+    if shard:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {shard!r} must look like i/n, e.g. 0/4") from None
+        shard_tuple = (i, n)
+    summary = prepare_dataset(source, out_dir, annotations=annotations, format=format, fps=fps, size=size,
+                              grayscale=grayscale, workers=workers, shard=shard_tuple)
+    out.print(summary)
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(root: Annotated[Path, typer.Argument(help="A prepared or generated dataset directory.")]) -> None:
+    """Counts per class and subject, durations, and problems found."""
+    from kinetoscope.data.prepare import inspect_dataset, render_inspection
+
+    out.print(render_inspection(inspect_dataset(root)))
+
+
+# --------------------------------------------------------------------------------------------- train
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")] = None,
+    overrides: Overrides = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides train.seed).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the interrupted run in this directory.")]
+    = None,
+    devices: Annotated[int | None, typer.Option(help="Number of processes/devices.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    overwrite: bool = False,
+) -> None:
+    """Train a model from a config; writes the run directory and its predictions."""
+    from kinetoscope.config import load_config
+    from kinetoscope.evaluate.run import predict_run
+    from kinetoscope.train import fit
+    from kinetoscope.train.fit import is_child_process
+
+    extra = list(overrides or [])
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    if devices is not None:
+        extra.append(f"train.devices={devices}")
+    if strategy is not None:
+        extra.append(f"train.strategy={strategy}")
+    if resume is not None:
+        if config is None:
+            config = resume / "config.yaml"
+        extra += [f"out_dir={resume.parent}", f"name={resume.name}"]
+    if config is None:
+        raise ValueError("pass --config FILE (or --resume RUN_DIR)")
+    run_config = load_config(config, extra)
+    run_dir = fit(run_config, overwrite=overwrite, resume=resume is not None)
+    if is_child_process():
+        return
+    metrics = predict_run(run_dir)
+    out.print(f"run: [bold]{run_dir}[/]  val accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}")
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+@app.command()
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset to evaluate on (default: the run's val split).")]
+    = None,
+    split: Annotated[str | None, typer.Option(help="Split of --data to use (default: all clips).")] = None,
+    reverse: Annotated[bool, typer.Option(help="Reverse every clip's frames.")] = False,
+    name: Annotated[str | None, typer.Option(help="Name of this evaluation.")] = None,
+) -> None:
+    """Accuracy, macro-F1, per-class F1, confusion matrix; rr on another domain; --reverse."""
+    from kinetoscope.evaluate.run import predict_run
+    from kinetoscope.report.tables import metrics_table
+
+    metrics = predict_run(run, data=data, split=split, reverse=reverse, name=name)
+    out.print(metrics_table(metrics))
+
+
+@app.command()
+def predict() -> None:
+    """Per-clip and per-video predictions for new videos, with a timeline plot."""
+    not_yet("predict", "issue 6, subject-level workflow")
+
+
+@app.command()
+def cv() -> None:
+    """Cross-validation protocols (leave-one-subject-out, repeated seeds) with per-fold tables."""
+    not_yet("cv", "issue 6, subject-level workflow")
+
+
+@app.command()
+def explain() -> None:
+    """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids for chosen clips."""
+    not_yet("explain", "issue 7, explanations")
+
+
+@app.command()
+def suite() -> None:
+    """Probing suites: temporal-shapes cross-domain study, reversal, appearance-free."""
+    not_yet("suite", "issue 8, probing suites")
+
+
+# -------------------------------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list() -> None:
+    """Registered model names."""
+    from kinetoscope.models import list_models
+
+    for name in list_models():
+        out.print(name)
+
+
+@models_app.command("info")
+@user_errors
+def models_info(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    input: Annotated[str, typer.Option("--input", help="C x T x H x W of one clip.")] = "3x16x112x112",
+    num_classes: int = 400,
+    latency: bool = True,
+) -> None:
+    """Parameters, FLOPs, activation memory and CPU latency of one model."""
+    from kinetoscope.models.profile import format_profile, profile_model
+
+    try:
+        shape = tuple(int(v) for v in input.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input {input!r} must look like 3x16x112x112") from None
+    if len(shape) != 4:
+        raise ValueError(f"--input {input!r} must have 4 numbers: C x T x H x W")
+    out.print(format_profile(profile_model(name, input_shape=shape, num_classes=num_classes, latency=latency)))
+
+
+@models_app.command("import")
+@user_errors
+def models_import(
+    name: Annotated[str, typer.Argument(help="Model name, e.g. r2plus1d_18 or x3d_s.")],
+    file: Annotated[Path, typer.Argument(help="Checkpoint file of the other library.")],
+    source: Annotated[str, typer.Option("--from", help="torchvision or pytorchvideo.")] = "torchvision",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output .safetensors file.")] = None,
+) -> None:
+    """Import weights from torchvision / PyTorchVideo checkpoints into a .safetensors file."""
+    from kinetoscope.models.weights import import_weights
+
+    _, report = import_weights(source, name, file, out_path)
+    out.print(report)
+
+
+# -------------------------------------------------------------------------------------------- report
+@app.command()
+@user_errors
+def report(run: Annotated[Path, typer.Argument(help="A run or demo/suite directory.")]) -> None:
+    """(Re)build report.html for a run or a suite."""
+    from kinetoscope.report.html import build_report
+
+    out.print(f"report: [bold]{build_report(run)}[/]")
+
+
+def main() -> None:
+    app(prog_name="kinetoscope")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""``kinetoscope evaluate``: a finished run on a dataset (its own validation split by default,
+another domain with ``data``), optionally with every clip's frames reversed.
+
+Writes, atomically, under the run directory:
+- own validation split, forward: ``predictions.csv`` and ``video_predictions.csv``
+- anything else: ``evaluations/<name>/predictions.csv`` and ``video_predictions.csv``
+- always: ``evaluations/<name>.json`` (metrics, rr) and the ``evaluations`` entry of ``summary.json``
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kinetoscope.evaluate.aggregate import aggregate_videos
+from kinetoscope.evaluate.metrics import classification_metrics, robustness_ratio
+from kinetoscope.utils import atomic_write_json, atomic_write_text
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
+    return yaml.safe_load(path.read_text())
+
+
+def predict_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    reverse: bool = False,
+    name: str | None = None,
+    batch_size: int = 64,
+    aggregation: str = "mean",
+) -> dict[str, Any]:
+    """Evaluate a run; returns the metrics dict that is also written to ``evaluations/<name>.json``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.data.dataset import ClipDataset
+    from kinetoscope.models.checkpoint import load_run_model
+    from kinetoscope.models.inference import predict_batches
+
+    run_dir = Path(run_dir)
+    config = _run_config(run_dir)
+    model, spec = load_run_model(run_dir)
+    own_data = data is None
+    root = Path(config["data"]["root"]) if own_data else Path(data)
+    if split is None:
+        split = config["data"]["val_split"] if own_data else None
+    store = DatasetStore(root)
+    dataset_name = store.meta().get("name", root.name)
+    if name is None:
+        name = ("val" if own_data else dataset_name) + ("-reversed" if reverse else "")
+    dataset = ClipDataset(root, split, frames=config["data"].get("frames"), reverse=reverse,
+                          classes=spec["classes"])
+    torch.set_grad_enabled(False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out = predict_batches(model, loader)
+    torch.set_grad_enabled(True)
+    classes = spec["classes"]
+    preds = out["scores"].argmax(1)
+    metrics = classification_metrics(out["labels"], preds, classes)
+
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    source_val = summary.get("best_val_acc")
+    metrics.update({
+        "name": name,
+        "dataset": str(root),
+        "dataset_name": dataset_name,
+        "domain": store.meta().get("domain", ""),
+        "split": split or "",
+        "reverse": reverse,
+        "source_val_acc": source_val,
+        "rr": robustness_ratio(metrics["accuracy"], source_val) if source_val else None,
+    })
+
+    clip_rows = [
+        [vid, subj, int(ci), classes[int(lab)], classes[int(p)], *np.round(sc, 6).tolist()]
+        for vid, subj, ci, lab, p, sc in zip(out["video_id"], out["subject"], out["clip_index"],
+                                             out["labels"], preds, out["scores"], strict=True)
+    ]
+    header = ["video_id", "subject", "clip_index", "label", "pred", *[f"score_{c}" for c in classes]]
+    vids, vscores = aggregate_videos(out["video_id"], out["scores"], method=aggregation)
+    first = {}
+    for vid, lab, subj in zip(out["video_id"], out["labels"], out["subject"], strict=True):
+        first.setdefault(vid, (lab, subj))
+    video_rows = [[vid, first[vid][1], classes[int(first[vid][0])], classes[int(s.argmax())],
+                   *np.round(s, 6).tolist()] for vid, s in zip(vids, vscores, strict=True)]
+    video_labels = np.array([first[v][0] for v in vids])
+    metrics["video"] = classification_metrics(video_labels, vscores.argmax(1), classes) if vids else {}
+    metrics["video"]["aggregation"] = aggregation
+    vheader = ["video_id", "subject", "label", "pred", *[f"score_{c}" for c in classes]]
+
+    target = run_dir if (own_data and not reverse and name == "val") else run_dir / "evaluations" / name
+    atomic_write_text(target / "predictions.csv", _csv_text(header, clip_rows))
+    atomic_write_text(target / "video_predictions.csv", _csv_text(vheader, video_rows))
+    atomic_write_json(run_dir / "evaluations" / f"{name}.json", metrics)
+
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.setdefault("evaluations", {})[name] = {
+        k: metrics[k] for k in ("accuracy", "macro_f1", "rr", "reverse", "domain", "n")
+    }
+    atomic_write_json(summary_path, summary)
+    return metrics

@@ -1,0 +1,49 @@
+"""Exported weights of a run: ``model.safetensors`` + ``model.json`` (how to rebuild the model).
+
+Loading never unpickles: safetensors holds only tensors, the JSON only names and numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kinetoscope.utils import atomic_path, atomic_write_json
+
+
+def save_run_model(model: nn.Module, run_dir: str | Path, spec: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``model.json`` ({name, num_classes, in_channels, options, classes})."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(run_dir / "model.json", spec)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run's model from ``model.json`` and load ``model.safetensors`` strictly."""
+    from safetensors.torch import load_file
+
+    from kinetoscope.models import create_model
+
+    run_dir = Path(run_dir)
+    spec_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
+    for p in (spec_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: {run_dir} is not a finished run (train it first)")
+    spec = json.loads(spec_path.read_text())
+    model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("options", {}))
+    state = load_file(str(weights_path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_path} does not fit model {spec['name']!r}: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}"
+        )
+    model.eval()
+    return model, spec

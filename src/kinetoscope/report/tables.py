@@ -1,0 +1,29 @@
+"""Rich tables for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """Headline metrics, per-class F1 and the confusion matrix of one evaluation."""
+    title = f"{metrics.get('name', '')}: {metrics.get('dataset_name', '')}" + (
+        " (reversed)" if metrics.get("reverse") else ""
+    )
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("clips", str(metrics["n"]))
+    table.add_row("accuracy", f"{metrics['accuracy']:.3f}")
+    table.add_row("macro-F1", f"{metrics['macro_f1']:.3f}")
+    if metrics.get("rr") is not None:
+        table.add_row("rr (target acc / best source val acc)", f"{metrics['rr']:.3f}")
+    for cls, f1 in metrics["per_class_f1"].items():
+        table.add_row(f"F1 {cls}", f"{f1:.3f}")
+    classes = metrics["classes"]
+    table.add_row("confusion (rows true)", "")
+    for cls, row in zip(classes, metrics["confusion"], strict=True):
+        table.add_row(f"  {cls}", " ".join(f"{v:4d}" for v in row))
+    return table

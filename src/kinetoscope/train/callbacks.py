@@ -1,0 +1,52 @@
+"""Lightning callbacks of a run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from kinetoscope.utils import atomic_write_text
+
+
+class EpochTable(pl.Callback):
+    """Write ``metrics.csv``: one row per epoch (train/val loss, accuracy, macro-F1, lr, seconds).
+
+    Rows travel in the checkpoint, so a resumed run keeps its history.
+    """
+
+    columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "seconds"]
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else ""
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "lr": lr,
+                               "seconds": round(time.perf_counter() - self._start, 3)}
+        for key in self.columns[1:6]:
+            row[key] = round(metrics[key], 6) if key in metrics else ""
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))

@@ -1,0 +1,85 @@
+"""The LightningModule: the science of training (model, loss, metrics, optimiser choice).
+
+Engineering — devices, DDP, checkpoints, early stopping, progress — lives in the Lightning
+``Trainer`` and callbacks built by ``kinetoscope.train.fit``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from kinetoscope.config import OptimConfig
+from kinetoscope.models.inference import clip_logits, model_inputs
+
+
+class VideoClassifier(pl.LightningModule):
+    """Cross-entropy training of any registered model; per-frame models get the clip label at every
+    frame (seed 000 [T] §3.2: the video label is copied to every clip and frame)."""
+
+    def __init__(self, model: torch.nn.Module, num_classes: int, optim: OptimConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.optim_config = optim
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.nonfinite_step: int | None = None
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(*model_inputs(self.model, batch))
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.ndim == 3:  # [B, T, K] per-frame
+            b, t, k = logits.shape
+            return F.cross_entropy(logits.reshape(b * t, k), labels.repeat_interleave(t))
+        return F.cross_entropy(logits, labels)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        logits = self(batch)
+        loss = self._loss(logits, batch["label"])
+        if not torch.isfinite(loss):
+            # Skip the update so the weights (and every checkpoint) stay the last good ones.
+            self.nonfinite_step = int(self.global_step)
+            self.trainer.should_stop = True
+            return None
+        self.train_acc(clip_logits(logits).argmax(-1), batch["label"])
+        bs = len(batch["label"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch)
+        loss = self._loss(logits, batch["label"])
+        preds = clip_logits(logits).argmax(-1)
+        self.val_acc(preds, batch["label"])
+        self.val_f1(preds, batch["label"])
+        bs = len(batch["label"])
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("val_acc", self.val_acc, on_epoch=True, batch_size=bs)
+        self.log("val_f1", self.val_f1, on_epoch=True, batch_size=bs)
+
+    def configure_optimizers(self):
+        o = self.optim_config
+        params = self.model.parameters()
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if o.name == "adam":
+            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.name == "adamw":
+            return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.name == "adadelta":
+            return torch.optim.Adadelta(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        raise ValueError(f"optim.name {o.name!r} is not supported")
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

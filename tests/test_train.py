@@ -1,0 +1,125 @@
+"""Training: the run directory, resume from a checkpoint, NaN handling, DDP on two CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kinetoscope.config import build_config
+from kinetoscope.registry import MODELS, register_model
+from kinetoscope.train import RunDirError, fit
+
+
+def _config(root: Path, out: Path, name: str = "run", **train) -> object:
+    return build_config({
+        "name": name,
+        "out_dir": str(out),
+        "data": {"root": str(root), "batch_size": 8},
+        "model": {"name": "cnn3d", "hidden": 4, "blocks": 2},
+        "optim": {"name": "adam", "lr": 0.01},
+        "train": {"max_epochs": 2, "progress": False, **train},
+    })
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_writes_the_run_directory_and_learns_direction_of_motion(motion_dataset, tmp_path):
+    from kinetoscope.evaluate.run import predict_run
+
+    run = fit(_config(motion_dataset, tmp_path, max_epochs=6))
+    for name in ["config.yaml", "metrics.csv", "model.safetensors", "model.json", "summary.json",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt"]:
+        assert (run / name).is_file(), name
+    rows = _rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert all(r["val_acc"] and r["train_loss"] and r["lr"] for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["params"] == 822 and summary["classes"] == ["left", "right"]
+    forward = predict_run(run)
+    assert forward["accuracy"] >= 0.9  # only temporal order separates the classes
+    assert (run / "predictions.csv").is_file() and (run / "video_predictions.csv").is_file()
+    # reversing the clip turns "left" into "right": a model that uses order must flip its answers
+    reversed_ = predict_run(run, reverse=True)
+    assert reversed_["accuracy"] <= 0.25
+    assert reversed_["rr"] == pytest.approx(reversed_["accuracy"] / summary["best_val_acc"])
+
+
+def test_run_directory_is_not_overwritten_without_permission(motion_dataset, tmp_path):
+    cfg = _config(motion_dataset, tmp_path, max_epochs=1)
+    fit(cfg)
+    with pytest.raises(RunDirError, match="--overwrite"):
+        fit(cfg)
+    fit(cfg, overwrite=True)
+
+
+def test_resume_continues_from_the_last_checkpoint(motion_dataset, tmp_path):
+    run = fit(_config(motion_dataset, tmp_path, max_epochs=2))
+    first = _rows(run / "metrics.csv")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 4  # 32 clips, batch 8
+    fit(_config(motion_dataset, tmp_path, max_epochs=4), resume=True)
+    rows = _rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[:2] == first  # history kept, not retrained
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4 * 4
+
+
+class _Diverging(nn.Module):
+    """Returns NaN logits from its 4th training forward pass on."""
+
+    streams = ("rgb",)
+    explain_layer = "linear"
+
+    def __init__(self, num_classes: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_channels, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        logits = self.linear(x.mean(dim=(2, 3, 4)))
+        if self.training:
+            self.calls += 1
+            if self.calls > 3:
+                return logits * float("nan")
+        return logits
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_weights(motion_dataset, tmp_path):
+    if "test_diverging" not in MODELS:
+        register_model("test_diverging")(lambda num_classes, in_channels=1: _Diverging(num_classes, in_channels))
+    cfg = _config(motion_dataset, tmp_path, max_epochs=5)
+    cfg = build_config({**cfg.model_dump(mode="json"), "model": {"name": "test_diverging"}})
+    run = fit(cfg)
+    summary = json.loads((run / "summary.json").read_text())
+    assert "non-finite loss at step 3" in summary["stopped_by"]
+    assert summary["epochs_trained"] <= 1
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_ddp_on_two_cpu_processes(motion_dataset, tmp_path):
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(_config(motion_dataset, tmp_path, name="ddp").to_yaml())
+    env = {**os.environ, "KINETOSCOPE_PLAIN": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kinetoscope", "train", "--config", str(cfg), "--devices", "2", "--strategy", "ddp"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    # each of the 2 processes sees half of the 32 training clips: 2 batches of 8 per epoch
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 2
+    assert summary["evaluations"]["val"]["n"] == 16
