@@ -71,8 +71,9 @@ def demo(
     seed: int = 0,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming finished steps.")] = False,
 ) -> None:
-    """Temporal Shapes in minutes: generate data, train a 3D CNN and a ConvLSTM, evaluate across
-    domains and under reversal, write report.html."""
+    """Temporal Shapes in minutes: generate, train a 3D CNN and a ConvLSTM, evaluate, report.
+
+    Evaluates across domains (rr) and under frame reversal; writes report.html."""
     from kinetoscope.report.demo import run_demo
 
     report = run_demo(out_dir, quick=quick, seed=seed, overwrite=overwrite)
@@ -117,24 +118,30 @@ def data_prepare(
     out_dir: Annotated[Path, typer.Argument(help="Output dataset directory (the frame cache).")],
     annotations: Annotated[Path | None, typer.Option(help="Annotations file (CSV, split list, JSON).")] = None,
     format: Annotated[str, typer.Option(help="csv, folders, ucf101, hmdb51, ssv2 or kth.")] = "folders",
-    fps: Annotated[float | None, typer.Option(help="Resample to this frame rate.")] = None,
-    size: Annotated[int | None, typer.Option(help="Resize the shorter side to this many pixels.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Resample to this frame rate (by timestamps).")] = None,
+    size: Annotated[str | None, typer.Option(help="Shorter side in pixels (e.g. 128) or HxW (112x112).")]
+    = None,
     grayscale: bool = False,
+    split: Annotated[str | None, typer.Option(help="Official split number (ucf101/hmdb51) or KTH scheme "
+                                                   "(standard, accv).")] = None,
+    classes: Annotated[Path | None, typer.Option(help="File listing the class names, one per line.")] = None,
+    folder_fps: Annotated[float, typer.Option(help="Frame rate of folders of frames.")] = 25.0,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 0,
-    shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos.")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos (array jobs).")] = None,
 ) -> None:
     """Index, decode, resample and cache videos; problems go to problems.csv."""
+    from kinetoscope.data.annotations import read_classes
     from kinetoscope.data.prepare import prepare_dataset
 
-    shard_tuple = None
-    if shard:
+    size_value: int | tuple[int, int] | None = None
+    if size:
         try:
-            i, n = (int(v) for v in shard.split("/"))
+            size_value = tuple(int(v) for v in size.lower().split("x")) if "x" in size.lower() else int(size)
         except ValueError:
-            raise ValueError(f"--shard {shard!r} must look like i/n, e.g. 0/4") from None
-        shard_tuple = (i, n)
-    summary = prepare_dataset(source, out_dir, annotations=annotations, format=format, fps=fps, size=size,
-                              grayscale=grayscale, workers=workers, shard=shard_tuple)
+            raise ValueError(f"--size {size!r} must be a number (shorter side) or HxW, e.g. 112x112") from None
+    summary = prepare_dataset(source, out_dir, annotations=annotations, format=format, fps=fps, size=size_value,
+                              grayscale=grayscale, workers=workers, shard=shard, split=split,
+                              classes=read_classes(classes) if classes else None, folder_fps=folder_fps)
     out.print(summary)
 
 
@@ -269,9 +276,9 @@ def models_import(
     out_path: Annotated[Path | None, typer.Option("--out", help="Output .safetensors file.")] = None,
 ) -> None:
     """Import weights from torchvision / PyTorchVideo checkpoints into a .safetensors file."""
-    from kinetoscope.models.weights import import_weights
+    from kinetoscope.models.weights import default_output_path, import_weights
 
-    _, report = import_weights(source, name, file, out_path)
+    _, report = import_weights(source, name, file, out_path or default_output_path(file, name))
     out.print(report)
 
 

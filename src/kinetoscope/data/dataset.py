@@ -1,11 +1,19 @@
 """Clip datasets over a cached dataset directory (see ``kinetoscope.data.cache``).
 
-A sample is the batch dict of DESIGN.md: ``video`` float32 ``[C, T, H, W]`` in [0, 1], ``label``
-(class index), ``video_id``, ``subject``, ``clip_index``; ``flow`` when the store has it.
+A sample is the batch dict of DESIGN.md: ``video`` float32 ``[C, T, H, W]`` in [0, 1] (before any
+``Normalize``), ``label`` (class index), ``video_id``, ``subject``, ``clip_index``; ``flow`` float32
+``[2|3, T, H, W]`` with ``flow=True``.
+
+Which clips exist is decided once by ``data.sampling.plan_clips`` (uniform, dense windows with the
+seed-000 oversampling, or all frames); ``jitter=True`` re-draws the frames of each clip on every
+access (training), and ``transform`` applies one augmentation per clip to every frame and to the
+aligned flow. Frames are read from memory-mapped ``.npy`` files opened per access, so memory does not
+grow with the number of videos.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +21,41 @@ import torch
 from torch.utils.data import Dataset
 
 from kinetoscope.data.cache import DatasetStore
+from kinetoscope.data.sampling import (
+    ClipSpec,
+    SamplingReport,
+    jitter_window,
+    jittered_uniform,
+    plan_clips,
+)
+from kinetoscope.data.sampling import uniform_indices as _uniform_indices
 
 
 def uniform_indices(num_frames: int, frames: int) -> np.ndarray:
-    """``frames`` indices spread evenly over ``[0, num_frames)``."""
-    if frames >= num_frames:
-        return np.arange(num_frames)
-    return np.linspace(0, num_frames - 1, frames).round().astype(np.int64)
+    """``frames`` indices spread evenly over ``[0, num_frames)``; short videos padded with the last frame."""
+    return _uniform_indices(num_frames, frames, short="pad")  # type: ignore[return-value]
+
+
+def _num_frames(path: Path) -> int:
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    n = int(array.shape[0])
+    del array
+    return n
 
 
 class ClipDataset(Dataset):
-    """One clip per cached video (uniform ``frames`` indices, or all frames).
+    """Clips of a cached dataset. Defaults: one clip per video, ``frames`` uniform indices (or all
+    frames when ``frames`` is ``None``).
 
-    ``reverse=True`` returns every clip with its frames in reverse order (the reversal probe,
-    seed 001 [P] §4.2). ``classes`` fixes the label order (default: the store's own).
+    ``reverse=True`` returns every clip with its frames in reverse order (the reversal probe, seed 001
+    [P] §4.2); reversed flow also changes sign. ``classes`` fixes the label order (default: the store's
+    own). ``subjects`` keeps only those subjects' videos (for subject-exclusive folds).
+
+    Sampling: ``sampling="uniform" | "dense" | "all"``; ``stride`` (dense windows, default ``frames``)
+    and ``step`` (frames between clip frames); ``oversample=True`` adds the seed-000 minority-class
+    windows (dense); ``short="pad" | "skip"`` for videos shorter than a clip (counted in
+    ``self.report``); ``jitter=True`` draws fresh positions per access (segment-random for uniform,
+    a shift of up to ``stride // 2`` for dense). ``labels`` holds one class index per *clip*.
     """
 
     def __init__(
@@ -36,37 +65,116 @@ class ClipDataset(Dataset):
         frames: int | None = None,
         reverse: bool = False,
         classes: list[str] | None = None,
+        *,
+        sampling: str | None = None,
+        stride: int | None = None,
+        step: int = 1,
+        oversample: bool = False,
+        short: str = "pad",
+        jitter: bool = False,
+        transform: Callable | None = None,
+        flow: bool = False,
+        subjects: Sequence[str] | None = None,
+        seed: int = 0,
     ) -> None:
         self.store = DatasetStore(root)
         self.classes = list(classes) if classes is not None else self.store.classes
-        self.records = self.store.records(split)
-        if not self.records:
-            raise ValueError(f"no videos in split {split!r} of {self.store.annotations_path}")
+        records = self.store.records(split)
+        if subjects is not None:
+            wanted = {str(s) for s in subjects}
+            records = [r for r in records if r.subject in wanted]
+        if not records:
+            where = f"split {split!r}" + (f" and subjects {sorted(subjects)}" if subjects is not None else "")
+            raise ValueError(f"no videos in {where} of {self.store.annotations_path}")
         index = {c: i for i, c in enumerate(self.classes)}
-        unknown = sorted({r.label for r in self.records if r.label not in index})
+        unknown = sorted({r.label for r in records if r.label not in index})
         if unknown:
             raise ValueError(
                 f"{self.store.annotations_path}: label(s) {unknown} not among the classes {self.classes}"
             )
-        self.labels = [index[r.label] for r in self.records]
+        if flow:
+            missing = [r.video_id for r in records if not self.store.has_flow(r.video_id)]
+            if missing:
+                raise FileNotFoundError(
+                    f"flow=True but {len(missing)} videos have no {self.store.root}/flow/<id>.npy "
+                    f"(e.g. {missing[0]!r}); compute flow first"
+                )
+        self.records = records
+        self.video_labels = [index[r.label] for r in records]
         self.frames = frames
         self.reverse = reverse
+        self.sampling = sampling or ("uniform" if frames else "all")
+        self.stride = stride or frames
+        self.step = step
+        self.jitter = jitter
+        self.transform = transform
+        self.flow = flow
+        self.num_frames = [_num_frames(self.store.frames_path(r.video_id)) for r in records]
+        self.clips: list[ClipSpec]
+        self.report: SamplingReport
+        self.clips, self.report = plan_clips(
+            self.num_frames,
+            [r.video_id for r in records],
+            strategy=self.sampling,
+            frames=frames,
+            stride=self.stride,
+            step=step,
+            short=short,
+            oversample_labels=self.video_labels if oversample else None,
+            seed=seed,
+        )
+        if not self.clips:
+            raise ValueError(
+                f"no clips: {self.report} (videos shorter than {frames} frames with short={short!r})"
+            )
+        self.labels = [self.video_labels[c.video_index] for c in self.clips]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.clips)
+
+    def _indices(self, clip: ClipSpec, generator: torch.Generator | None) -> np.ndarray:
+        idx = np.asarray(clip.frame_indices, dtype=np.int64)
+        if not self.jitter or clip.padded:
+            return idx
+        n = self.num_frames[clip.video_index]
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
+        if self.sampling == "uniform":
+            return jittered_uniform(n, len(idx), rng)  # type: ignore[return-value]
+        if self.sampling == "dense":
+            return jitter_window(idx, n, (self.stride or len(idx)) // 2, rng)
+        return idx
 
     def __getitem__(self, i: int) -> dict:
-        record = self.records[i]
-        array = self.store.read_frames(record.video_id)
-        idx = uniform_indices(array.shape[0], self.frames) if self.frames else np.arange(array.shape[0])
+        clip = self.clips[i]
+        record = self.records[clip.video_index]
+        generator = None
+        if self.jitter or self.transform is not None:  # draw from the global RNG only when needed
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        idx = self._indices(clip, generator)
         if self.reverse:
             idx = idx[::-1]
-        clip = torch.from_numpy(np.ascontiguousarray(array[idx]))  # [T, H, W, C] uint8
-        video = clip.permute(3, 0, 1, 2).float().div_(255.0)
-        return {
-            "video": video,
+        array = self.store.read_frames(record.video_id)
+        video = torch.from_numpy(np.ascontiguousarray(array[idx])).permute(3, 0, 1, 2).float().div_(255.0)
+        del array
+        flow = None
+        if self.flow:
+            flow_array = self.store.read_flow(record.video_id)
+            fidx = np.minimum(idx, flow_array.shape[0] - 1)
+            flow = torch.from_numpy(np.ascontiguousarray(flow_array[fidx], dtype=np.float32)).permute(
+                3, 0, 1, 2
+            )
+            del flow_array
+            if self.reverse:
+                flow[:2] = -flow[:2]
+        if self.transform is not None:
+            video, flow = self.transform(video, flow, generator)
+        sample = {
+            "video": video.contiguous(),
             "label": self.labels[i],
             "video_id": record.video_id,
             "subject": record.subject,
-            "clip_index": 0,
+            "clip_index": clip.clip_index,
         }
+        if flow is not None:
+            sample["flow"] = flow.contiguous()
+        return sample

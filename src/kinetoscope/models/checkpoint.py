@@ -11,25 +11,22 @@ from typing import Any
 
 from torch import nn
 
-from kinetoscope.utils import atomic_path, atomic_write_json
+from kinetoscope.utils import atomic_write_json
 
 
 def save_run_model(model: nn.Module, run_dir: str | Path, spec: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``model.json`` ({name, num_classes, in_channels, options, classes})."""
-    from safetensors.torch import save_file
+    from kinetoscope.models.weights import save_safetensors
 
     run_dir = Path(run_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
+    save_safetensors(model, run_dir / "model.safetensors", metadata={"model": spec["name"]})
     atomic_write_json(run_dir / "model.json", spec)
 
 
 def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a run's model from ``model.json`` and load ``model.safetensors`` strictly."""
-    from safetensors.torch import load_file
-
     from kinetoscope.models import create_model
+    from kinetoscope.models.weights import load_safetensors
 
     run_dir = Path(run_dir)
     spec_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
@@ -38,12 +35,6 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             raise FileNotFoundError(f"{p} is missing: {run_dir} is not a finished run (train it first)")
     spec = json.loads(spec_path.read_text())
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("options", {}))
-    state = load_file(str(weights_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights_path} does not fit model {spec['name']!r}: missing {missing[:10]}, "
-            f"unexpected {unexpected[:10]}"
-        )
+    load_safetensors(model, weights_path)
     model.eval()
     return model, spec

@@ -1,0 +1,268 @@
+"""Clip augmentations, drawn once per clip and applied identically to every frame.
+
+Seed 000 [T] §3.2: "horizontal flipping, random cropping and shading by adding Gaussian noise. The
+transformations are consistent across a given sequence". Seed 004 Ch. 3: crop width and height
+jittered (here: random resized crop), the same crop and flip for all chunks and for the flow; a
+horizontal flip negates the horizontal flow component u. Seed 003 §train: contrast/hue/brightness
+jitter, whole-video flip.
+
+Every transform takes and returns ``(video, flow)``: ``video`` float ``[C, T, H, W]`` in [0, 1],
+``flow`` float ``[2|3, T, H, W]`` (u, v[, magnitude]) or ``None``; randomness comes from the
+``torch.Generator`` passed in, so a seeded generator reproduces the clip bit for bit. Geometric
+transforms move the flow with the frames and rescale its vectors; photometric ones leave it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+Pair = tuple[Tensor, Tensor | None]
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``[C, T, H, W]`` -> ``[C, T, h, w]`` (bilinear, frames as a batch)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    y = F.interpolate(x.permute(1, 0, 2, 3), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return y.permute(1, 0, 2, 3)
+
+
+def _crop_resize_flow(flow: Tensor, top: int, left: int, h: int, w: int, size: tuple[int, int]) -> Tensor:
+    flow = _resize(flow[:, :, top : top + h, left : left + w], size).clone()
+    sx, sy = size[1] / w, size[0] / h
+    flow[0] *= sx
+    flow[1] *= sy
+    if flow.shape[0] == 3:
+        flow[2] = torch.sqrt(flow[0] ** 2 + flow[1] ** 2)
+    return flow
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        for t in self.transforms:
+            video, flow = t(video, flow, generator)
+        return video, flow
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+class Resize:
+    """Resize every frame: ``int`` = shorter side, ``(h, w)`` = exact."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        h, w = video.shape[-2:]
+        if isinstance(self.size, int):
+            s = self.size / min(h, w)
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+        else:
+            size = tuple(self.size)
+        video = _resize(video, size)
+        if flow is not None:
+            flow = _crop_resize_flow(flow, 0, 0, h, w, size)
+        return video, flow
+
+
+class ResizeCover:
+    """Resize (aspect kept) to the smallest size that covers ``(h, w)``; pair with :class:`CenterCrop`."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        h, w = video.shape[-2:]
+        s = max(self.size[0] / h, self.size[1] / w)
+        size = (max(self.size[0], round(h * s)), max(self.size[1], round(w * s)))
+        video_out = _resize(video, size)
+        if flow is not None:
+            flow = _crop_resize_flow(flow, 0, 0, h, w, size)
+        return video_out, flow
+
+
+class CenterCrop:
+    """The central ``(h, w)`` (or ``size × size``) region of every frame."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        h, w = video.shape[-2:]
+        ch, cw = self.size
+        if ch > h or cw > w:
+            raise ValueError(f"centre crop {self.size} is larger than the frames {(h, w)}; resize first")
+        top, left = (h - ch) // 2, (w - cw) // 2
+        video = video[..., top : top + ch, left : left + cw]
+        if flow is not None:
+            flow = flow[..., top : top + ch, left : left + cw]
+        return video, flow
+
+
+class RandomResizedCrop:
+    """One random crop of area fraction ``scale`` and aspect ``ratio``, resized to ``size``, for the
+    whole clip (seed 000 [T] §3.2 "the same crop is applied for the whole sequence")."""
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        scale: tuple[float, float] = (0.25, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.scale, self.ratio = scale, ratio
+
+    def params(self, h: int, w: int, generator: torch.Generator | None) -> tuple[int, int, int, int]:
+        area = h * w
+        for _ in range(10):
+            target = area * _uniform(*self.scale, generator)
+            aspect = math.exp(_uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), generator))
+            cw = round(math.sqrt(target * aspect))
+            ch = round(math.sqrt(target / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (), generator=generator))
+                left = int(torch.randint(0, w - cw + 1, (), generator=generator))
+                return top, left, ch, cw
+        side = min(h, w)
+        return (h - side) // 2, (w - side) // 2, side, side
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        top, left, ch, cw = self.params(video.shape[-2], video.shape[-1], generator)
+        video = _resize(video[..., top : top + ch, left : left + cw], self.size)
+        if flow is not None:
+            flow = _crop_resize_flow(flow, top, left, ch, cw, self.size)
+        return video, flow
+
+
+class RandomHorizontalFlip:
+    """Mirror the clip with probability ``p``; the flow is mirrored and its u component negated
+    (seed 004 Ch. 3)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        if float(torch.rand((), generator=generator)) >= self.p:
+            return video, flow
+        video = video.flip(-1)
+        if flow is not None:
+            flow = flow.flip(-1).clone()
+            flow[0] = -flow[0]
+        return video, flow
+
+
+def _grey(video: Tensor) -> Tensor:
+    if video.shape[0] == 1:
+        return video
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=video.dtype).view(3, 1, 1, 1)
+    return (video * weights).sum(0, keepdim=True)
+
+
+class ColorJitter:
+    """Brightness, contrast, saturation factors in ``[1 − x, 1 + x]`` and a hue rotation in
+    ``[−hue, hue]`` turns (YIQ rotation), one draw per clip. Saturation and hue need RGB."""
+
+    def __init__(
+        self, brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1, hue: float = 0.0
+    ) -> None:
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        if self.brightness:
+            video = video * _uniform(1 - self.brightness, 1 + self.brightness, generator)
+        if self.contrast:
+            mean = _grey(video).mean()
+            video = (video - mean) * _uniform(1 - self.contrast, 1 + self.contrast, generator) + mean
+        if video.shape[0] == 3 and self.saturation:
+            grey = _grey(video)
+            video = (video - grey) * _uniform(1 - self.saturation, 1 + self.saturation, generator) + grey
+        if video.shape[0] == 3 and self.hue:
+            angle = 2 * math.pi * _uniform(-self.hue, self.hue, generator)
+            to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+            c, s = math.cos(angle), math.sin(angle)
+            rot = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+            matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+            video = torch.einsum("ij,jthw->ithw", matrix.to(video.dtype), video)
+        return video.clamp(0.0, 1.0), flow
+
+
+class GaussianShading:
+    """Add one Gaussian noise field ``N(0, std²)`` of shape ``[C, 1, H, W]`` to every frame (seed 000
+    [T] §3.2 "shading by adding Gaussian noise", consistent across the sequence), with probability ``p``."""
+
+    def __init__(self, std: float = 0.05, p: float = 0.5) -> None:
+        self.std, self.p = std, p
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        if float(torch.rand((), generator=generator)) >= self.p:
+            return video, flow
+        c, _, h, w = video.shape
+        noise = torch.randn((c, 1, h, w), generator=generator, dtype=video.dtype) * self.std
+        return (video + noise).clamp(0.0, 1.0), flow
+
+
+class Normalize:
+    """``(video − mean) / std`` per channel (e.g. the UCF101 statistics of seed 003)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.tensor(mean).view(-1, 1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1, 1)
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        return (video - self.mean.to(video.dtype)) / self.std.to(video.dtype), flow
+
+
+def train_transforms(
+    size: int | tuple[int, int],
+    flip: bool = True,
+    color: float = 0.1,
+    shading: float = 0.05,
+    scale: tuple[float, float] = (0.25, 1.0),
+) -> Compose:
+    """The default training augmentation: random resized crop, flip, colour jitter, Gaussian shading."""
+    parts: list = [RandomResizedCrop(size, scale=scale)]
+    if flip:
+        parts.append(RandomHorizontalFlip(0.5))
+    if color:
+        parts.append(ColorJitter(color, color, color, 0.0))
+    if shading:
+        parts.append(GaussianShading(shading))
+    return Compose(parts)
+
+
+def eval_transforms(size: int | tuple[int, int]) -> Compose:
+    """Deterministic evaluation view: resize to cover ``size``, then a centre crop."""
+    return Compose([ResizeCover(size), CenterCrop(size)])

@@ -1,0 +1,495 @@
+"""Weight import from torchvision / PyTorchVideo checkpoints, and strict ``.safetensors`` save/load.
+
+``kinetoscope models import --from torchvision|pytorchvideo NAME FILE`` (issue 4, item 6; DESIGN.md
+"Checkpoints"): read a checkpoint of those libraries from disk without unpickling code
+(``torch.load(..., weights_only=True)``), rename its keys (and reshape where kinetoscope stores a tensor
+differently) to kinetoscope's modules, refuse with a diff naming every missing, unexpected and
+mis-shaped key, and write the result as ``.safetensors`` (atomically).
+
+Supported pairs (``SUPPORTED``):
+
+* torchvision video ResNets: ``r3d_18``, ``mc3_18``, ``r2plus1d_18`` (torchvision's own models) and, for
+  checkpoints of torchvision's generic ``VideoResNet`` at other depths, ``r3d_34/50/101``, ``mc3_34``,
+  ``r2plus1d_34/50/101`` (the bottleneck expansion, 1 or 4, is read from the checkpoint);
+* PyTorchVideo X3D: ``stem.spatial``, ``stem.temporal``, ``stem.bn`` <- ``blocks.0.conv.conv_t`` (the 1x3x3
+  conv, sic), ``blocks.0.conv.conv_xy`` (5x1x1), ``blocks.0.norm``; ``layerL.B.`` <-
+  ``blocks.L.res_blocks.B.`` with ``conv_{a,b,c}`` <- ``branch2.conv_{a,b,c}``, ``bn_{a,c}`` <-
+  ``branch2.norm_{a,c}``, ``bn_b`` <- ``branch2.norm_b.0``, ``se.reduce``/``se.expand`` <-
+  ``branch2.norm_b.1.block.0``/``.2``, ``shortcut.conv``/``shortcut.bn`` <- ``branch1_conv``/``branch1_norm``;
+  ``head.conv5``, ``head.bn5`` <- ``blocks.5.pool.pre_conv``, ``pre_norm``; ``head.fc1`` (Linear [2048, 432])
+  <- ``blocks.5.pool.post_conv`` (Conv3d [2048, 432, 1, 1, 1], reshaped); ``fc`` <- ``blocks.5.proj``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kinetoscope.utils import atomic_path
+
+MAX_LISTED = 12  # keys listed per category in a mismatch diff
+
+
+class WeightMismatchError(ValueError):
+    """A state dict does not fit a model; the message lists missing, unexpected and mis-shaped keys."""
+
+    def __init__(
+        self,
+        what: str,
+        missing: list[str],
+        unexpected: list[str],
+        shape_mismatches: list[str],
+        duplicates: list[str] | None = None,
+    ):
+        self.missing = missing
+        self.unexpected = unexpected
+        self.shape_mismatches = shape_mismatches
+        self.duplicates = duplicates or []
+        lines = [what]
+        for title, items in (
+            ("missing from the checkpoint", missing),
+            ("unexpected in the checkpoint", unexpected),
+            ("shape mismatches", shape_mismatches),
+            ("several checkpoint keys map to one model key", self.duplicates),
+        ):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {item}" for item in items[:MAX_LISTED])
+                if len(items) > MAX_LISTED:
+                    lines.append(f"    ... and {len(items) - MAX_LISTED} more")
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Key mappings
+
+
+Rules = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class KeyMapping:
+    """Foreign <-> kinetoscope state_dict names of one model family.
+
+    ``to_kinetoscope`` / ``to_foreign``: ``(regex, template)`` pairs; the first regex that fully matches a key
+    rewrites it (``re.Match.expand``); keys no rule matches keep their name. ``singleton_dims``: kinetoscope
+    keys (regex) whose foreign tensor has that many extra trailing size-1 dimensions (a 1x1x1 conv stored as
+    a Linear here). ``infer_options``: reads builder options (``num_classes``, ...) from a foreign state dict.
+    """
+
+    to_kinetoscope: Rules
+    to_foreign: Rules
+    infer_options: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
+    singleton_dims: tuple[tuple[str, int], ...] = ()
+
+    @staticmethod
+    def _rewrite(rules: Rules, key: str) -> str:
+        for pattern, template in rules:
+            match = re.fullmatch(pattern, key)
+            if match:
+                return match.expand(template)
+        return key
+
+    def kinetoscope_key(self, foreign_key: str) -> str:
+        return self._rewrite(self.to_kinetoscope, foreign_key)
+
+    def foreign_key(self, kinetoscope_key: str) -> str:
+        return self._rewrite(self.to_foreign, kinetoscope_key)
+
+    def extra_dims(self, kinetoscope_key: str) -> int:
+        for pattern, dims in self.singleton_dims:
+            if re.fullmatch(pattern, kinetoscope_key):
+                return dims
+        return 0
+
+
+_BLOCK = r"(layer\d+\.\d+)"
+_TV_BLOCK_TO_K: Rules = (
+    (rf"{_BLOCK}\.conv(\d)\.0\.0\.(.+)", r"\1.conv\2.spatial.\3"),
+    (rf"{_BLOCK}\.conv(\d)\.0\.1\.(.+)", r"\1.conv\2.bn.\3"),
+    (rf"{_BLOCK}\.conv(\d)\.0\.3\.(.+)", r"\1.conv\2.temporal.\3"),
+    (rf"{_BLOCK}\.conv(\d)\.0\.weight", r"\1.conv\2.weight"),
+    (rf"{_BLOCK}\.conv(\d)\.1\.(.+)", r"\1.bn\2.\3"),
+)
+_TV_BLOCK_TO_F: Rules = (
+    (rf"{_BLOCK}\.conv(\d)\.spatial\.(.+)", r"\1.conv\2.0.0.\3"),
+    (rf"{_BLOCK}\.conv(\d)\.bn\.(.+)", r"\1.conv\2.0.1.\3"),
+    (rf"{_BLOCK}\.conv(\d)\.temporal\.(.+)", r"\1.conv\2.0.3.\3"),
+    (rf"{_BLOCK}\.conv(\d)\.weight", r"\1.conv\2.0.weight"),
+    (rf"{_BLOCK}\.bn(\d)\.(.+)", r"\1.conv\2.1.\3"),
+)
+_TV_STEM_3D_TO_K: Rules = ((r"stem\.0\.(.+)", r"stem.conv.\1"), (r"stem\.1\.(.+)", r"stem.bn.\1"))
+_TV_STEM_3D_TO_F: Rules = ((r"stem\.conv\.(.+)", r"stem.0.\1"), (r"stem\.bn\.(.+)", r"stem.1.\1"))
+_TV_STEM_2P1D_TO_K: Rules = (
+    (r"stem\.0\.(.+)", r"stem.conv.spatial.\1"),
+    (r"stem\.1\.(.+)", r"stem.conv.bn.\1"),
+    (r"stem\.3\.(.+)", r"stem.conv.temporal.\1"),
+    (r"stem\.4\.(.+)", r"stem.bn.\1"),
+)
+_TV_STEM_2P1D_TO_F: Rules = (
+    (r"stem\.conv\.spatial\.(.+)", r"stem.0.\1"),
+    (r"stem\.conv\.bn\.(.+)", r"stem.1.\1"),
+    (r"stem\.conv\.temporal\.(.+)", r"stem.3.\1"),
+    (r"stem\.bn\.(.+)", r"stem.4.\1"),
+)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...] | None:
+    tensor = state.get(key)
+    return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+
+
+def _infer_torchvision(depth: int) -> Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]:
+    def infer(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        fc = _shape(state, "fc.weight")
+        if fc is not None and len(fc) == 2:
+            options["num_classes"] = fc[0]
+            if depth >= 50 and fc[1] % 512 == 0:
+                options["bottleneck_expansion"] = fc[1] // 512
+        stem = _shape(state, "stem.0.weight")
+        if stem is not None and len(stem) == 5:
+            options["in_channels"] = stem[1]
+        return options
+
+    return infer
+
+
+def _infer_x3d(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    proj = _shape(state, "blocks.5.proj.weight")
+    if proj is not None and len(proj) == 2:
+        options["num_classes"] = proj[0]
+    stem = _shape(state, "blocks.0.conv.conv_t.weight")
+    if stem is not None and len(stem) == 5:
+        options["in_channels"] = stem[1]
+    return options
+
+
+def _torchvision_mapping(depth: int, factorised_stem: bool) -> KeyMapping:
+    stem_k, stem_f = (
+        (_TV_STEM_2P1D_TO_K, _TV_STEM_2P1D_TO_F) if factorised_stem else (_TV_STEM_3D_TO_K, _TV_STEM_3D_TO_F)
+    )
+    return KeyMapping(stem_k + _TV_BLOCK_TO_K, stem_f + _TV_BLOCK_TO_F, _infer_torchvision(depth))
+
+
+_RES = r"blocks\.([1-4])\.res_blocks\.(\d+)"
+_KRES = r"layer([1-4])\.(\d+)"
+X3D_MAPPING = KeyMapping(
+    to_kinetoscope=(
+        (r"blocks\.0\.conv\.conv_t\.(.+)", r"stem.spatial.\1"),
+        (r"blocks\.0\.conv\.conv_xy\.(.+)", r"stem.temporal.\1"),
+        (r"blocks\.0\.norm\.(.+)", r"stem.bn.\1"),
+        (rf"{_RES}\.branch1_conv\.(.+)", r"layer\1.\2.shortcut.conv.\3"),
+        (rf"{_RES}\.branch1_norm\.(.+)", r"layer\1.\2.shortcut.bn.\3"),
+        (rf"{_RES}\.branch2\.conv_([abc])\.(.+)", r"layer\1.\2.conv_\3.\4"),
+        (rf"{_RES}\.branch2\.norm_([ac])\.(.+)", r"layer\1.\2.bn_\3.\4"),
+        (rf"{_RES}\.branch2\.norm_b\.0\.(.+)", r"layer\1.\2.bn_b.\3"),
+        (rf"{_RES}\.branch2\.norm_b\.1\.block\.0\.(.+)", r"layer\1.\2.se.reduce.\3"),
+        (rf"{_RES}\.branch2\.norm_b\.1\.block\.2\.(.+)", r"layer\1.\2.se.expand.\3"),
+        (r"blocks\.5\.pool\.pre_conv\.(.+)", r"head.conv5.\1"),
+        (r"blocks\.5\.pool\.pre_norm\.(.+)", r"head.bn5.\1"),
+        (r"blocks\.5\.pool\.post_conv\.(.+)", r"head.fc1.\1"),
+        (r"blocks\.5\.proj\.(.+)", r"fc.\1"),
+    ),
+    to_foreign=(
+        (r"stem\.spatial\.(.+)", r"blocks.0.conv.conv_t.\1"),
+        (r"stem\.temporal\.(.+)", r"blocks.0.conv.conv_xy.\1"),
+        (r"stem\.bn\.(.+)", r"blocks.0.norm.\1"),
+        (rf"{_KRES}\.shortcut\.conv\.(.+)", r"blocks.\1.res_blocks.\2.branch1_conv.\3"),
+        (rf"{_KRES}\.shortcut\.bn\.(.+)", r"blocks.\1.res_blocks.\2.branch1_norm.\3"),
+        (rf"{_KRES}\.conv_([abc])\.(.+)", r"blocks.\1.res_blocks.\2.branch2.conv_\3.\4"),
+        (rf"{_KRES}\.bn_([ac])\.(.+)", r"blocks.\1.res_blocks.\2.branch2.norm_\3.\4"),
+        (rf"{_KRES}\.bn_b\.(.+)", r"blocks.\1.res_blocks.\2.branch2.norm_b.0.\3"),
+        (rf"{_KRES}\.se\.reduce\.(.+)", r"blocks.\1.res_blocks.\2.branch2.norm_b.1.block.0.\3"),
+        (rf"{_KRES}\.se\.expand\.(.+)", r"blocks.\1.res_blocks.\2.branch2.norm_b.1.block.2.\3"),
+        (r"head\.conv5\.(.+)", r"blocks.5.pool.pre_conv.\1"),
+        (r"head\.bn5\.(.+)", r"blocks.5.pool.pre_norm.\1"),
+        (r"head\.fc1\.(.+)", r"blocks.5.pool.post_conv.\1"),
+        (r"fc\.(.+)", r"blocks.5.proj.\1"),
+    ),
+    infer_options=_infer_x3d,
+    singleton_dims=((r"head\.fc1\.weight", 3),),
+)
+
+SUPPORTED: dict[str, dict[str, KeyMapping]] = {
+    "torchvision": {
+        **{f"r3d_{d}": _torchvision_mapping(d, False) for d in (18, 34, 50, 101)},
+        **{f"mc3_{d}": _torchvision_mapping(d, False) for d in (18, 34)},
+        **{f"r2plus1d_{d}": _torchvision_mapping(d, True) for d in (18, 34, 50, 101)},
+    },
+    "pytorchvideo": {f"x3d_{v}": X3D_MAPPING for v in ("xs", "s", "m", "l")},
+}
+
+
+def get_mapping(source: str, name: str) -> KeyMapping:
+    """The key mapping for ``(source, name)``; errors list the supported sources and names."""
+    if source not in SUPPORTED:
+        raise ValueError(f"unknown weight source {source!r}; expected one of: {', '.join(SUPPORTED)}")
+    if name not in SUPPORTED[source]:
+        raise ValueError(
+            f"no {source} import for model {name!r}; {source} models: {', '.join(SUPPORTED[source])}"
+        )
+    return SUPPORTED[source][name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading checkpoints
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.pt``/``.pth``/``.pyth``/``.ckpt`` file, loaded with ``weights_only=True``.
+
+    Accepts a raw state dict or a dict holding one under ``"state_dict"`` (Lightning, many repositories)
+    or ``"model_state"`` (PySlowFast / PyTorchVideo); strips a ``"module."`` prefix (DataParallel/DDP).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, refused globals: all mean "not loadable safely"
+        raise ValueError(
+            f"{path} cannot be read as a PyTorch checkpoint with weights_only=True (tensors and plain "
+            f"containers only): {exc}"
+        ) from exc
+    if isinstance(obj, dict):
+        for container in ("state_dict", "model_state"):
+            if isinstance(obj.get(container), dict):
+                obj = obj[container]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(
+            f"{path} holds a {type(obj).__name__}, not a state dict; expected a dict of tensors or a dict "
+            f"with a 'state_dict' or 'model_state' entry"
+        )
+    non_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if non_tensors:
+        raise ValueError(
+            f"{path}: entries {non_tensors[:MAX_LISTED]} are not tensors; expected a state dict of tensors"
+        )
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mapping both ways
+
+
+def compare_state(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    describe: Callable[[str], str] = str,
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and shape mismatches of ``state`` against ``expected``, as text lines."""
+    missing = [describe(k) for k in expected if k not in state]
+    unexpected = [describe(k) for k in state if k not in expected]
+    shapes = [
+        f"{describe(k)}: {list(state[k].shape)} in the checkpoint, model expects {list(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    return missing, unexpected, shapes
+
+
+def map_state_dict(
+    foreign: Mapping[str, torch.Tensor], mapping: KeyMapping, expected: Mapping[str, torch.Tensor], what: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename (and reshape) a foreign state dict to kinetoscope names; check it against ``expected``.
+
+    Returns ``(state, reshaped_keys)``; raises ``WeightMismatchError`` on any missing, unexpected,
+    mis-shaped or doubly-mapped key, naming both the kinetoscope and the foreign key.
+    """
+    state: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    duplicates: list[str] = []
+    reshaped: list[str] = []
+    for foreign_key, tensor in foreign.items():
+        key = mapping.kinetoscope_key(foreign_key)
+        if key in state:
+            duplicates.append(f"{sources[key]!r} and {foreign_key!r} -> {key!r}")
+            continue
+        extra = mapping.extra_dims(key)
+        if extra and key in expected:
+            target = expected[key].shape
+            if tuple(tensor.shape) == (*target, *([1] * extra)):
+                tensor = tensor.reshape(target)
+                reshaped.append(key)
+        state[key] = tensor
+        sources[key] = foreign_key
+
+    def describe(key: str) -> str:
+        foreign_key = sources.get(key, mapping.foreign_key(key))
+        return repr(key) if foreign_key == key else f"{key!r} (checkpoint key {foreign_key!r})"
+
+    missing, unexpected, shapes = compare_state(state, expected, describe)
+    if missing or unexpected or shapes or duplicates:
+        raise WeightMismatchError(what, missing, unexpected, shapes, duplicates)
+    return state, reshaped
+
+
+def export_state_dict(model: nn.Module, source: str, name: str) -> dict[str, torch.Tensor]:
+    """``model``'s state dict in the layout of ``source``'s model ``name`` (the inverse of the import).
+
+    Lets a kinetoscope-trained network be loaded by torchvision / PyTorchVideo, and lets tests check the
+    mapping numerically (export -> import -> identical outputs).
+    """
+    mapping = get_mapping(source, name)
+    out = {}
+    for key, tensor in model.state_dict().items():
+        extra = mapping.extra_dims(key)
+        tensor = tensor.detach().clone()
+        if extra:
+            tensor = tensor.reshape(*tensor.shape, *([1] * extra))
+        out[mapping.foreign_key(key)] = tensor
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors
+
+
+def save_safetensors(
+    model: nn.Module | Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write a model's state dict (or a state dict) to ``path`` as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+def load_safetensors(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load ``path`` into ``model`` strictly: names and shapes must match, else ``WeightMismatchError``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing, unexpected, shapes = compare_state(state, expected, repr)
+    if missing or unexpected or shapes:
+        raise WeightMismatchError(
+            f"{path} does not fit {type(model).__name__} ({len(state)} tensors in the file, "
+            f"{len(expected)} in the model):",
+            missing,
+            unexpected,
+            shapes,
+        )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors header (``kinetoscope_model``, ``num_classes``, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The import command
+
+
+@dataclass
+class ImportReport:
+    """What ``import_weights`` did; ``summary()`` is the text the CLI prints."""
+
+    source: str
+    name: str
+    checkpoint: Path
+    out_path: Path | None
+    options: dict[str, Any]
+    tensors: int
+    parameters: int
+    renamed: int
+    reshaped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"imported {self.source} {self.name} from {self.checkpoint}",
+            f"  model options: {', '.join(f'{k}={v}' for k, v in self.options.items()) or 'defaults'}",
+            f"  {self.tensors} tensors ({self.parameters:,} parameters); {self.renamed} renamed, "
+            f"{len(self.reshaped)} reshaped{': ' + ', '.join(self.reshaped) if self.reshaped else ''}",
+        ]
+        if self.out_path is not None:
+            lines.append(f"  wrote {self.out_path}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def __rich__(self) -> str:  # ``console.print(report)`` shows the summary, not the dataclass repr
+        from rich.markup import escape
+
+        return escape(self.summary())
+
+
+def default_output_path(checkpoint_path: str | Path, name: str) -> Path:
+    """``<checkpoint dir>/<name>.safetensors`` — where the CLI writes when ``--out`` is not given."""
+    return Path(checkpoint_path).with_name(f"{name}.safetensors")
+
+
+def import_weights(
+    source: str,
+    name: str,
+    checkpoint_path: str | Path,
+    out_path: str | Path | None = None,
+    **options: Any,
+) -> tuple[nn.Module, ImportReport]:
+    """Build kinetoscope model ``name`` from a ``source`` ("torchvision" | "pytorchvideo") checkpoint.
+
+    ``num_classes``, ``in_channels`` (and the bottleneck expansion of deep ResNets) are read from the
+    checkpoint; ``options`` override them or set other builder options (e.g. ``dropout``). The model is
+    returned in eval mode. With ``out_path`` the weights are written there as safetensors (atomically), with
+    metadata naming the model and its options. Raises ``WeightMismatchError`` listing every key that does not
+    fit; nothing is written then.
+    """
+    from kinetoscope.models import create_model
+
+    mapping = get_mapping(source, name)
+    checkpoint_path = Path(checkpoint_path)
+    foreign = read_checkpoint(checkpoint_path)
+    build_options = {**mapping.infer_options(foreign), **options}
+    num_classes = build_options.pop("num_classes", 400)
+    in_channels = build_options.pop("in_channels", 3)
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **build_options)
+    state, reshaped = map_state_dict(
+        foreign,
+        mapping,
+        model.state_dict(),
+        f"checkpoint {checkpoint_path} ({source} layout) does not fit kinetoscope model {name!r} "
+        f"(num_classes={num_classes}, in_channels={in_channels}"
+        + "".join(f", {k}={v}" for k, v in build_options.items())
+        + "):",
+    )
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    all_options = {"num_classes": num_classes, "in_channels": in_channels, **build_options}
+    written = None
+    if out_path is not None:
+        metadata = {"kinetoscope_model": name, "imported_from": f"{source}:{checkpoint_path.name}"}
+        metadata.update({k: str(v) for k, v in all_options.items()})
+        written = save_safetensors(model, out_path, metadata)
+    report = ImportReport(
+        source=source,
+        name=name,
+        checkpoint=checkpoint_path,
+        out_path=written,
+        options=all_options,
+        tensors=len(state),
+        parameters=sum(p.numel() for p in model.parameters()),
+        renamed=sum(1 for k in foreign if mapping.kinetoscope_key(k) != k),
+        reshaped=reshaped,
+    )
+    return model, report

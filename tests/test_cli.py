@@ -1,0 +1,76 @@
+"""The command line: fast help, one-line errors that name the culprit, the commands of issue 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from kinetoscope.cli import app
+
+runner = CliRunner()
+
+
+def test_help_imports_neither_torch_nor_lightning():
+    code = (
+        "import sys\nfrom kinetoscope.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'cv2', 'av'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo" in proc.stdout and "train" in proc.stdout
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_model_lists_the_valid_ones(tmp_path, motion_dataset):
+    cfg = _write(tmp_path, f"out_dir: {tmp_path}\ndata: {{root: {motion_dataset}}}\nmodel: {{name: cnn3e}}\n")
+    result = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "unknown model 'cnn3e'" in result.output and "convlstm" in result.output
+
+
+def test_config_typo_names_the_key(tmp_path, motion_dataset):
+    cfg = _write(tmp_path, f"data: {{root: {motion_dataset}}}\ntrain: {{max_epoch: 3}}\n")
+    result = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "train.max_epoch: unknown key" in result.output
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--set", "model.hiden=3"])
+    assert result.exit_code == 2
+
+
+def test_unknown_domain_is_refused_with_the_valid_ones(tmp_path):
+    result = runner.invoke(app, ["synth", "temporal-shapes", str(tmp_path / "x"), "--domain", "3dot", "--num", "5"])
+    assert result.exit_code == 2
+    assert "3dot" in result.output and "mnist-bg" in result.output
+
+
+def test_commands_of_later_issues_say_so():
+    result = runner.invoke(app, ["explain"])
+    assert result.exit_code == 3 and "not yet available" in result.output
+
+
+def test_train_then_evaluate_on_reversed_clips(tmp_path, motion_dataset):
+    cfg = _write(
+        tmp_path,
+        f"name: r\nout_dir: {tmp_path}\ndata: {{root: {motion_dataset}, batch_size: 8}}\n"
+        "model: {name: cnn3d, hidden: 4, blocks: 2}\noptim: {name: adam, lr: 0.01}\n"
+        "train: {max_epochs: 1, progress: false}\n",
+    )
+    result = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "predictions.csv").is_file()
+    result = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "r"), "--reverse"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and (tmp_path / "r" / "evaluations" / "val-reversed.json").is_file()
+    result = runner.invoke(app, ["report", str(tmp_path / "r")])
+    assert result.exit_code == 0 and (tmp_path / "r" / "report.html").is_file()

@@ -1,0 +1,81 @@
+"""Clip augmentations: one draw per clip, identical on every frame, aligned with the flow."""
+
+from __future__ import annotations
+
+import torch
+
+from kinetoscope.data.transforms import (
+    CenterCrop,
+    ColorJitter,
+    Compose,
+    GaussianShading,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    eval_transforms,
+    train_transforms,
+)
+
+
+def static_clip(t: int = 6, h: int = 32, w: int = 40) -> torch.Tensor:
+    """The same random frame repeated: any per-frame difference after a transform is a bug."""
+    frame = torch.rand(3, 1, h, w, generator=torch.Generator().manual_seed(0))
+    return frame.expand(3, t, h, w).contiguous()
+
+
+def test_flip_mirrors_frames_and_negates_horizontal_flow() -> None:
+    video = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4) / 24
+    flow = torch.stack([torch.full((2, 3, 4), 1.5), torch.full((2, 3, 4), -0.5)])
+    flow[0, :, :, 0] = 3.0
+    out, out_flow = RandomHorizontalFlip(p=1.0)(video, flow)
+    assert torch.equal(out, video.flip(-1))
+    assert torch.all(out_flow[0, :, :, -1] == -3.0) and torch.all(out_flow[0, :, :, 0] == -1.5)
+    assert torch.all(out_flow[1] == -0.5)  # v unchanged
+
+
+def test_every_transform_is_identical_across_frames() -> None:
+    video = static_clip()
+    transform = train_transforms(24)
+    for seed in range(5):
+        out, _ = transform(video, None, torch.Generator().manual_seed(seed))
+        assert out.shape == (3, 6, 24, 24)
+        assert torch.allclose(out, out[:, :1].expand_as(out))
+
+
+def test_shading_adds_one_noise_field_to_all_frames() -> None:
+    video = torch.full((3, 4, 8, 8), 0.5)
+    out, _ = GaussianShading(std=0.1, p=1.0)(video, None, torch.Generator().manual_seed(1))
+    noise = out - video
+    assert noise.abs().sum() > 0 and torch.allclose(noise, noise[:, :1].expand_as(noise))
+
+
+def test_same_generator_seed_gives_the_same_clip() -> None:
+    video = torch.rand(3, 4, 30, 30)
+    t = train_transforms(16)
+    a, _ = t(video, None, torch.Generator().manual_seed(7))
+    b, _ = t(video, None, torch.Generator().manual_seed(7))
+    c, _ = t(video, None, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_crop_moves_flow_with_the_frames_and_rescales_vectors() -> None:
+    video = torch.rand(3, 2, 40, 40)
+    flow = torch.ones(2, 2, 40, 40)
+    crop = RandomResizedCrop(20, scale=(0.25, 0.25), ratio=(1.0, 1.0))  # a 20x20 crop resized to 20
+    _, same = crop(video, flow, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, torch.ones_like(same))
+    crop = RandomResizedCrop(40, scale=(0.25, 0.25), ratio=(1.0, 1.0))  # a 20x20 crop upsampled x2
+    _, doubled = crop(video, flow, torch.Generator().manual_seed(0))
+    assert torch.allclose(doubled, torch.full_like(doubled, 2.0), atol=1e-5)
+
+
+def test_colour_jitter_keeps_range_and_leaves_flow_alone() -> None:
+    video, flow = torch.rand(3, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    out, out_flow = ColorJitter(0.4, 0.4, 0.4, 0.1)(video, flow, torch.Generator().manual_seed(0))
+    assert out.min() >= 0 and out.max() <= 1 and out_flow is flow and not torch.equal(out, video)
+
+
+def test_eval_view_is_deterministic_centre() -> None:
+    video = torch.rand(3, 2, 30, 50)
+    out, _ = eval_transforms((20, 20))(video)
+    assert out.shape == (3, 2, 20, 20)
+    assert torch.equal(Compose([CenterCrop(10)])(video)[0], video[..., 10:20, 20:30])
