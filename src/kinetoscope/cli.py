@@ -74,7 +74,7 @@ def demo(
     """Temporal Shapes in minutes: generate, train a 3D CNN and a ConvLSTM, evaluate, report.
 
     Evaluates across domains (rr) and under frame reversal; writes report.html."""
-    from kinetoscope.report.demo import run_demo
+    from kinetoscope.suites.demo import run_demo
 
     report = run_demo(out_dir, quick=quick, seed=seed, overwrite=overwrite)
     out.print(f"report: [bold]{report}[/]  (open it in a browser)")
