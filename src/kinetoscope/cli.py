@@ -128,8 +128,16 @@ def data_prepare(
     folder_fps: Annotated[float, typer.Option(help="Frame rate of folders of frames.")] = 25.0,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 0,
     shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos (array jobs).")] = None,
+    flow: Annotated[str | None, typer.Option(help="Also cache optical flow: farneback, tvl1 or dis.")] = None,
+    flow_fps: Annotated[float | None, typer.Option(help="Compute flow at this rate, matched to the frames "
+                                                        "(seed 000: 16 with --fps 2).")] = None,
+    flow_magnitude: Annotated[bool, typer.Option(help="Add sqrt(u²+v²) as a third flow channel.")] = False,
+    flow_pair: Annotated[str, typer.Option(help="forward (t, t+1) or backward (t-1, t).")] = "forward",
+    flow_option: Annotated[list[str] | None, typer.Option(help="Flow method option KEY=VALUE (repeatable).")]
+    = None,
 ) -> None:
-    """Index, decode, resample and cache videos; problems go to problems.csv."""
+    """Index, decode, resample and cache videos (and flow); problems go to problems.csv."""
+    from kinetoscope.config import parse_override
     from kinetoscope.data.annotations import read_classes
     from kinetoscope.data.prepare import prepare_dataset
 
@@ -139,9 +147,18 @@ def data_prepare(
             size_value = tuple(int(v) for v in size.lower().split("x")) if "x" in size.lower() else int(size)
         except ValueError:
             raise ValueError(f"--size {size!r} must be a number (shorter side) or HxW, e.g. 112x112") from None
+    flow_spec = None
+    if flow:
+        options = {}
+        for item in flow_option or []:
+            key, value = parse_override(item)
+            options[".".join(key)] = value
+        flow_spec = {"method": flow, "fps": flow_fps, "magnitude": flow_magnitude, "pair": flow_pair,
+                     "options": options}
     summary = prepare_dataset(source, out_dir, annotations=annotations, format=format, fps=fps, size=size_value,
                               grayscale=grayscale, workers=workers, shard=shard, split=split,
-                              classes=read_classes(classes) if classes else None, folder_fps=folder_fps)
+                              classes=read_classes(classes) if classes else None, folder_fps=folder_fps,
+                              flow=flow_spec)
     out.print(summary)
 
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -34,8 +34,14 @@ from kinetoscope.data.index import VideoRecord
 from kinetoscope.data.video import DEFAULT_FOLDER_FPS, Size, VideoError, decode_video
 from kinetoscope.utils import atomic_write_json, progress
 
+if TYPE_CHECKING:
+    from kinetoscope.flow import FlowSpec
+
 STALE_TEMP_SECONDS = 600.0
-FlowOption = bool | Callable[[np.ndarray], np.ndarray]
+# False/None: no flow; True, a method name ("farneback" | "tvl1" | "dis"), a dict of FlowSpec fields or a
+# kinetoscope.flow.FlowSpec: flow computed by kinetoscope.flow (one field per cached frame, see flow/cache.py);
+# or a function uint8 [T,H,W,C] -> float [T',H,W,2|3].
+FlowOption = Union[bool, str, dict[str, Any], "FlowSpec", Callable[[np.ndarray], np.ndarray], None]
 
 
 @dataclass
@@ -118,18 +124,54 @@ def _remove_temporaries(root: Path, sharded: bool) -> int:
     return removed
 
 
-def _resolve_flow(flow: FlowOption) -> Callable[[np.ndarray], np.ndarray] | None:
+def _resolve_flow(flow: FlowOption) -> Any:
+    """None, the user's function, or a ``kinetoscope.flow.FlowSpec`` (errors name a bad method/option)."""
     if flow is False or flow is None:
         return None
     if callable(flow):
         return flow
     try:
-        from kinetoscope.flow import compute_flow  # sideways import, only when flow is asked for
+        from kinetoscope.flow import FlowSpec  # sideways import, only when flow is asked for
     except ImportError as exc:
-        raise RuntimeError(
-            f"flow=True needs kinetoscope.flow.compute_flow, which is not available ({exc})"
-        ) from exc
-    return compute_flow
+        raise RuntimeError(f"flow={flow!r} needs kinetoscope.flow, which is not available ({exc})") from exc
+    return FlowSpec.parse(flow)
+
+
+def _video_flow(
+    record: VideoRecord, frames: np.ndarray, flow_fn: Any, fps: float | None, size: Size, folder_fps: float
+) -> np.ndarray:
+    """Flow for one video's cached frames: the user's function, or one field per frame from a FlowSpec,
+    computed on the video decoded again at ``spec.fps`` when set (seed 000: 16 fps for 2 fps frames)."""
+    if callable(flow_fn):
+        return flow_fn(frames)
+    from kinetoscope.flow import video_flow
+
+    if not flow_fn.fps:
+        return video_flow(flow_fn, frames)
+    high = decode_video(
+        record.path,
+        fps=flow_fn.fps,
+        size=tuple(frames.shape[1:3]),
+        grayscale=True,
+        start=record.start,
+        end=record.end,
+        folder_fps=folder_fps,
+    )
+    frame_times = float(record.start or 0.0) + np.arange(frames.shape[0]) / float(fps)  # decode_video's grid
+    return video_flow(flow_fn, frames, frame_times, high.frames, high.timestamps)
+
+
+def _flow_meta(flow_spec: Any, fps: float | None) -> dict[str, Any] | None:
+    """The flow settings recorded in dataset.json (a re-run with other settings is refused)."""
+    if flow_spec is None:
+        return None
+    if callable(flow_spec):
+        return {"method": getattr(flow_spec, "__name__", "custom")}
+    if flow_spec.fps and not fps:
+        raise ValueError(
+            f"flow fps {flow_spec.fps} needs a fixed frame rate for the cached frames (fps=...), got fps={fps}"
+        )
+    return flow_spec.as_dict()
 
 
 def prepare_one(
@@ -147,6 +189,15 @@ def prepare_one(
     root = Path(out_dir)
     store = DatasetStore(root)
     problem_file = root / ".prepare" / "problems" / f"{record.video_id}.json"
+    flow_fn = _resolve_flow(flow)
+    if store.has_frames(record.video_id):  # cached by an earlier run; only its flow is missing
+        if flow_fn is not None and not store.has_flow(record.video_id):
+            try:
+                frames = store.read_frames(record.video_id, mmap=False)
+                store.write_flow(record.video_id, _video_flow(record, frames, flow_fn, fps, size, folder_fps))
+            except VideoError as exc:
+                return {"video_id": record.video_id, "ok": False, "problem": f"flow: {exc.reason}"}
+        return {"video_id": record.video_id, "ok": True, "problem": ""}
     try:
         decoded = decode_video(
             record.path,
@@ -181,9 +232,15 @@ def prepare_one(
         "frame_size": list(frames.shape[1:3]),
     }
     atomic_write_json(root / ".prepare" / "meta" / f"{record.video_id}.json", meta)
-    flow_fn = _resolve_flow(flow)
     if flow_fn is not None and not store.has_flow(record.video_id):
-        store.write_flow(record.video_id, flow_fn(frames))
+        try:
+            flow_array = _video_flow(record, frames, flow_fn, fps, size, folder_fps)
+        except VideoError as exc:
+            atomic_write_json(
+                problem_file, {"path": record.path, "video_id": record.video_id, "problem": f"flow: {exc.reason}"}
+            )
+            return {"video_id": record.video_id, "ok": False, "problem": f"flow: {exc.reason}"}
+        store.write_flow(record.video_id, flow_array)
     store.write_frames(record.video_id, frames)  # the "done" marker: written last
     if problem_file.exists():
         problem_file.unlink()
@@ -265,10 +322,13 @@ def prepare_dataset(
     ``format``: csv | folders | ucf101 | hmdb51 | ssv2 | kth (see ``data/annotations.py``);
     ``annotations``: the file or folder that format needs. ``fps``: target frame rate (seed 000: 2),
     ``None`` keeps the source rate. ``size``: shorter side (int) or ``(h, w)``. ``workers``: processes
-    (0 = in this process). ``shard``: ``(i, n)`` or ``"i/n"``. ``flow``: ``True`` calls
-    ``kinetoscope.flow.compute_flow`` on the cached frames, or pass a function ``uint8 [T,H,W,C] ->
-    float [T',H,W,2|3]``. Returns a :class:`PrepareSummary`; unusable inputs are listed in
-    ``problems.csv``, never silently dropped.
+    (0 = in this process). ``shard``: ``(i, n)`` or ``"i/n"``. ``flow``: ``True`` (Farnebäck), a method
+    name (``"farneback" | "tvl1" | "dis"``), a dict of ``kinetoscope.flow.FlowSpec`` fields (``method,
+    fps, pair, magnitude, options``; e.g. ``{"method": "farneback", "fps": 16, "magnitude": True}`` is
+    seed 000) or a FlowSpec: caches ``flow/<id>.npy`` with one field per frame, also for videos whose
+    frames an earlier run cached (skipping those with flow); or a function ``uint8 [T,H,W,C] -> float
+    [T',H,W,2|3]``. Returns a :class:`PrepareSummary`; unusable inputs are listed in ``problems.csv``,
+    never silently dropped.
     """
     started = time.perf_counter()
     shard = parse_shard(shard)
@@ -276,12 +336,22 @@ def prepare_dataset(
         size = tuple(size)  # type: ignore[assignment]
     store = DatasetStore(out_dir)
     settings = _settings(fps, size, grayscale, folder_fps)
+    flow_spec = _resolve_flow(flow)
+    flow_meta = _flow_meta(flow_spec, fps)
+    previous_flow = None
     if store.meta_path.is_file():
         previous = {k: store.meta().get(k) for k in settings}
         if previous != settings:
             raise ValueError(
                 f"{out_dir} was prepared with {previous}, this run asks for {settings}; "
                 "use another output folder (or delete this one) to change fps, size or colour"
+            )
+        previous_flow = store.meta().get("flow")
+        has_flow = (store.root / "flow").is_dir() and any((store.root / "flow").glob("*.npy"))
+        if flow_meta is not None and previous_flow is not None and previous_flow != flow_meta and has_flow:
+            raise ValueError(
+                f"{out_dir}/flow was computed with {previous_flow}, this run asks for {flow_meta}; "
+                "delete the flow folder to recompute it with other settings"
             )
     annotation_problems: list[tuple[str, str]] = []
     records = load_annotations(
@@ -304,13 +374,19 @@ def prepare_dataset(
         "channels": 1 if grayscale else 3,
         "created_by": "kinetoscope data prepare",
     }
+    if flow_meta is not None or previous_flow is not None:
+        meta["flow"] = flow_meta if flow_meta is not None else previous_flow
     if not store.meta_path.is_file():
         store.write_meta({**meta, "classes": class_list, "num_videos": 0})
     _remove_temporaries(store.root, sharded=shard is not None)
 
-    todo = [r for r in mine if not store.has_frames(r.video_id)]
+    todo = [
+        r
+        for r in mine
+        if not store.has_frames(r.video_id) or (flow_spec is not None and not store.has_flow(r.video_id))
+    ]
     skipped = len(mine) - len(todo)
-    args = (str(store.root), fps, size, grayscale, folder_fps, flow)
+    args = (str(store.root), fps, size, grayscale, folder_fps, flow_spec)
     results: list[dict[str, Any]] = []
     label = f"prepare {len(todo)} videos" + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
     if workers and workers > 0 and len(todo) > 1:
