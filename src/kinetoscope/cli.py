@@ -92,15 +92,20 @@ def synth_temporal_shapes(
     frames: int = 20,
     size: int = 64,
     seed: int = 0,
+    val_fraction: Annotated[float, typer.Option(help="Validation share of a 'trainval' split.")] = 0.2,
     digits: Annotated[Path | None, typer.Option(help="Directory with MNIST IDX files (default: "
                                                      "scikit-learn's bundled digits).")] = None,
+    exact_width: Annotated[bool, typer.Option(help="Draw the 2dot square exactly 2 px wide (the authors' "
+                                                   "code draws 3 px).")] = False,
+    gifs: Annotated[int, typer.Option(help="Preview GIFs to write.")] = 5,
     overwrite: bool = False,
 ) -> None:
     """Generate Temporal Shapes (seed 000 [T] §5.1): 5 trajectory classes, 4 appearance domains."""
     from kinetoscope.synth import generate_temporal_shapes
 
-    path = generate_temporal_shapes(out_dir, domain=domain, num=num, split=split, seed=seed, frames=frames,
-                                    size=size, digits=digits, overwrite=overwrite)
+    path = generate_temporal_shapes(out_dir, domain=domain, num=num, split=split, val_fraction=val_fraction,
+                                    seed=seed, frames=frames, size=size, digits=digits, overwrite=overwrite,
+                                    gifs=gifs, exact_width=exact_width)
     out.print(f"wrote {num} clips to [bold]{path}[/]")
 
 
