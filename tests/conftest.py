@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torch
+
 os.environ.setdefault("KINETOSCOPE_PLAIN", "1")
+# One intra-op thread: the tests run many small ops, where OpenMP spin-waiting across threads costs
+# more than it gains (and is ruinous on a shared machine). KINETOSCOPE_TEST_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("KINETOSCOPE_TEST_THREADS", "1")))
 
 
 def write_motion_dataset(root: Path, per_class: int = 24, frames: int = 8, size: int = 16, seed: int = 0) -> Path:

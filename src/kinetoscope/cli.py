@@ -261,12 +261,32 @@ def suite() -> None:
 
 # -------------------------------------------------------------------------------------------- models
 @models_app.command("list")
-def models_list() -> None:
-    """Registered model names."""
+@user_errors
+def models_list(
+    input: Annotated[str, typer.Option("--input", help="C x T x H x W of one clip for the FLOP column.")]
+    = "3x16x112x112",
+    names_only: Annotated[bool, typer.Option("--names", help="Only the names, one per line.")] = False,
+) -> None:
+    """Registered models with parameters and FLOPs (counted on the meta device: no compute)."""
     from kinetoscope.models import list_models
 
-    for name in list_models():
-        out.print(name)
+    if names_only:
+        for name in list_models():
+            out.print(name)
+        return
+    from kinetoscope.models.profile import format_profile_list, list_profiles
+
+    out.print(format_profile_list(list_profiles(input_shape=_parse_input(input))))
+
+
+def _parse_input(text: str) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input {text!r} must look like 3x16x112x112 (C x T x H x W)") from None
+    if len(shape) != 4:
+        raise ValueError(f"--input {text!r} must have 4 numbers: C x T x H x W")
+    return shape  # type: ignore[return-value]
 
 
 @models_app.command("info")
@@ -280,13 +300,8 @@ def models_info(
     """Parameters, FLOPs, activation memory and CPU latency of one model."""
     from kinetoscope.models.profile import format_profile, profile_model
 
-    try:
-        shape = tuple(int(v) for v in input.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--input {input!r} must look like 3x16x112x112") from None
-    if len(shape) != 4:
-        raise ValueError(f"--input {input!r} must have 4 numbers: C x T x H x W")
-    out.print(format_profile(profile_model(name, input_shape=shape, num_classes=num_classes, latency=latency)))
+    out.print(format_profile(profile_model(name, input_shape=_parse_input(input), num_classes=num_classes,
+                                           latency=latency)))
 
 
 @models_app.command("import")

@@ -1,5 +1,56 @@
 """Reusable nn.Modules: ConvLSTM, SoftPool, temporal gates, frame selection, fusion."""
 
-from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell
+from kinetoscope.layers.class_reg import ClassRegularisation  # seed 002 ch. 6
+from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell, reference_convlstm  # seed 000 §4
+from kinetoscope.layers.frame_select import select_frames, triplet_cosine_scores  # seed 002 §5.3
+from kinetoscope.layers.gates import SRTG, CycleConsistencyGate, SqueezeRecursion  # seed 002 §4.3
+from kinetoscope.layers.mtconv import MTConv  # seed 002 §5.3
+from kinetoscope.layers.softpool import (  # seed 002 Eq. 5.5
+    SoftPool1d,
+    SoftPool2d,
+    SoftPool3d,
+    soft_pool1d,
+    soft_pool2d,
+    soft_pool3d,
+)
+from kinetoscope.layers.twostream import (  # seed 004 ch. 3-7
+    IdentityTemporalConv,
+    SpatialFusion,
+    SubBatchNorm3d,
+    bilinear_pool,
+    inflate_first_conv,
+    inflate_temporal,
+    interleave_channels,
+    pool3d,
+    stack_flow,
+    use_sub_batch_norm,
+)
 
-__all__ = ["ConvLSTM", "ConvLSTMCell"]
+__all__ = [
+    "ClassRegularisation",
+    "ConvLSTM",
+    "ConvLSTMCell",
+    "CycleConsistencyGate",
+    "IdentityTemporalConv",
+    "MTConv",
+    "SRTG",
+    "SoftPool1d",
+    "SoftPool2d",
+    "SoftPool3d",
+    "SpatialFusion",
+    "SqueezeRecursion",
+    "SubBatchNorm3d",
+    "bilinear_pool",
+    "inflate_first_conv",
+    "inflate_temporal",
+    "interleave_channels",
+    "pool3d",
+    "reference_convlstm",
+    "select_frames",
+    "soft_pool1d",
+    "soft_pool2d",
+    "soft_pool3d",
+    "stack_flow",
+    "triplet_cosine_scores",
+    "use_sub_batch_norm",
+]
