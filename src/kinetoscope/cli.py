@@ -236,15 +236,68 @@ def evaluate(
 
 
 @app.command()
-def predict() -> None:
-    """Per-clip and per-video predictions for new videos, with a timeline plot."""
-    not_yet("predict", "issue 6, subject-level workflow")
+@user_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    videos: Annotated[list[Path], typer.Argument(help="Video files to score.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("predictions"),
+    window: Annotated[int | None, typer.Option(help="Frames per clip (default: the run's).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Frames between clip starts (default: the run's).")] = None,
+    frame_aggregation: Annotated[str, typer.Option(help="Per-frame models: vote or mean.")] = "vote",
+    top_fraction: Annotated[float, typer.Option(help="MIL filter: share of most confident clips.")] = 0.05,
+    timeline_class: Annotated[str | None, typer.Option(help="Class whose score the timeline shows.")] = None,
+) -> None:
+    """Per-clip and per-video predictions for new videos, with a timeline plot per video."""
+    from kinetoscope.suites.predict import predict_videos
+
+    predict_videos(run, videos, out_dir, window=window, stride=stride, frame_aggregation=frame_aggregation,
+                   top_fraction=top_fraction, timeline_class=timeline_class)
+    out.print(f"predictions for {len(videos)} video(s) in [bold]{out_dir}[/]")
 
 
 @app.command()
-def cv() -> None:
-    """Cross-validation protocols (leave-one-subject-out, repeated seeds) with per-fold tables."""
-    not_yet("cv", "issue 6, subject-level workflow")
+@user_errors
+def cv(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML run config (data with subjects).")],
+    overrides: Overrides = None,
+    protocol: Annotated[str, typer.Option(help="loso (leave-one-subject-out) or transfer.")] = "loso",
+    repeats: Annotated[int, typer.Option(help="Repetitions with fresh random initialisation.")] = 1,
+    workers: Annotated[int, typer.Option(help="Folds trained in parallel processes.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per fold.")] = None,
+    val_subject: Annotated[list[str] | None, typer.Option(help="Validation subject(s) in priority order; "
+                                                                "'next' = the next subject.")] = None,
+    frame_aggregation: Annotated[str, typer.Option(help="Per-frame models: vote or mean.")] = "vote",
+    top_fraction: Annotated[float, typer.Option(help="MIL filter: share of most confident clips.")] = 0.05,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory.")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Refuse to continue an existing run.")] = False,
+    target: Annotated[Path | None, typer.Option(help="transfer: target dataset.")] = None,
+    source_cv: Annotated[Path | None, typer.Option(help="transfer: cv directory fixing the epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="transfer: epochs on the source.")] = None,
+    finetune: Annotated[bool, typer.Option(help="transfer: also fine-tune the head on target folds.")] = True,
+) -> None:
+    """Cross-validation (leave-one-subject-out x repeats) or transfer, with per-fold tables and a report."""
+    from kinetoscope.config import load_config
+
+    run_config = load_config(config, list(overrides or []))
+    subjects = None if not val_subject else ("next" if val_subject == ["next"] else list(val_subject))
+    if protocol == "loso":
+        from kinetoscope.suites.cv import run_cv
+
+        path = run_cv(run_config, protocol="loso", repeats=repeats, val_subject=subjects, out_dir=out_dir,
+                      workers=workers, resume=not no_resume, frame_aggregation=frame_aggregation,
+                      top_fraction=top_fraction, threads=threads)
+        out.print(f"report: [bold]{Path(path) / 'report.html'}[/]")
+    elif protocol == "transfer":
+        from kinetoscope.suites.transfer import run_transfer
+
+        if target is None:
+            raise ValueError("--protocol transfer needs --target DATASET")
+        result = run_transfer(run_config, target, source_cv=source_cv, epochs=epochs, out_dir=out_dir,
+                              finetune=finetune, finetune_repeats=repeats, val_subject=subjects, workers=workers,
+                              frame_aggregation=frame_aggregation, top_fraction=top_fraction, threads=threads)
+        out.print(result)
+    else:
+        raise ValueError(f"--protocol {protocol!r}: use loso or transfer")
 
 
 @app.command()

@@ -25,11 +25,20 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     root: Path = Field(description="dataset directory: annotations.csv + frame cache")
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = Field("val", description="None = no validation: train max_epochs, keep the last")
     test_split: str | None = None
     frames: int | None = Field(None, description="frames per clip (uniformly sampled); None = all")
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
+    sampling: Literal["uniform", "dense", "all"] | None = Field(
+        None, description="clip sampling (data/sampling.py); None = uniform with frames, else all")
+    stride: int | None = Field(None, ge=1, description="dense windows: frames between starts")
+    oversample: bool = Field(False, description="seed-000 extra minority-class windows (dense sampling)")
+    flow: bool = Field(False, description="load cached optical flow (implied by two-stream models)")
+    train_subjects: list[str] | None = Field(
+        None, description="subject-exclusive folds: only these subjects train; the split column is ignored")
+    val_subjects: list[str] | None = None
+    test_subjects: list[str] | None = None
 
 
 class ModelConfig(BaseModel):
@@ -60,6 +69,10 @@ class TrainConfig(_Strict):
     gradient_clip: float | None = None
     limit_train_batches: float = Field(1.0, gt=0)
     progress: bool = True
+    loss: Literal["ce", "bce"] = Field("ce", description="CE, or BCE on one-hot targets (seed 000)")
+    init_from: Path | None = Field(None, description="start from these weights: a run dir or .safetensors")
+    trainable: list[str] | None = Field(
+        None, description="train only parameters whose names start with one of these prefixes (e.g. head)")
 
 
 class RunConfig(_Strict):

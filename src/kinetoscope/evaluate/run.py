@@ -68,8 +68,11 @@ def predict_run(
     dataset_name = store.meta().get("name", root.name)
     if name is None:
         name = ("val" if own_data else dataset_name) + ("-reversed" if reverse else "")
-    dataset = ClipDataset(root, split, frames=config["data"].get("frames"), reverse=reverse,
-                          classes=spec["classes"])
+    d = config["data"]
+    subjects = d.get("val_subjects") if own_data and split == d.get("val_split") else None
+    dataset = ClipDataset(root, None if subjects else split, frames=d.get("frames"), reverse=reverse,
+                          classes=spec["classes"], sampling=d.get("sampling"), stride=d.get("stride"),
+                          flow="flow" in getattr(model, "streams", ("rgb",)), subjects=subjects)
     torch.set_grad_enabled(False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = predict_batches(model, loader)

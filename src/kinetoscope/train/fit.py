@@ -86,7 +86,6 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
     from torch.utils.data import DataLoader
 
-    from kinetoscope.data.dataset import ClipDataset
     from kinetoscope.models import create_model
     from kinetoscope.models.checkpoint import save_run_model
     from kinetoscope.train.callbacks import EpochTable
@@ -97,23 +96,33 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
 
     data = config.data
-    train_set = ClipDataset(data.root, data.train_split, frames=data.frames)
-    val_set = ClipDataset(data.root, data.val_split, frames=data.frames, classes=train_set.classes)
+    train_set = run_dataset(config, "train")
     spec = model_spec(config, train_set.store.meta(), train_set.classes)
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["options"])
-    module = VideoClassifier(model, spec["num_classes"], config.optim)
+    flow = data.flow or "flow" in getattr(model, "streams", ("rgb",))
+    if flow and not data.flow:
+        train_set = run_dataset(config, "train", flow=True)
+    validate = data.val_split is not None or data.val_subjects is not None
+    val_set = run_dataset(config, "val", classes=train_set.classes, flow=flow) if validate else None
+    frozen = prepare_weights(model, config.train.init_from, config.train.trainable)
+    module = VideoClassifier(model, spec["num_classes"], config.optim, loss=config.train.loss)
 
     loader_args = {"batch_size": data.batch_size, "num_workers": data.num_workers,
                    "persistent_workers": data.num_workers > 0}
     generator = torch.Generator().manual_seed(config.train.seed)
     train_loader = DataLoader(train_set, shuffle=True, generator=generator, **loader_args)
-    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_args) if val_set is not None else None
 
     mode = "min" if config.train.monitor == "val_loss" else "max"
-    best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.train.monitor,
+    monitor = config.train.monitor if validate else None  # no validation: keep the last epoch
+    best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                 mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [best_ckpt, EarlyStopping(monitor=config.train.monitor, mode=mode, patience=config.train.patience),
-                 EpochTable(run_dir / "metrics.csv")]
+    callbacks = [best_ckpt, EpochTable(run_dir / "metrics.csv")]
+    if validate:
+        patience = config.train.patience
+        callbacks.append(EarlyStopping(monitor=config.train.monitor, mode=mode, patience=patience))
+    if frozen:
+        callbacks.append(frozen_batchnorm_callback(frozen))
     if config.train.progress:
         callbacks.append(RichProgressBar() if is_interactive() else TQDMProgressBar(refresh_rate=0))
     trainer = pl.Trainer(
@@ -162,10 +171,15 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
         "best_val": float(best_score) if best_score is not None else None,
         "best_val_acc": _best_from_table(run_dir / "metrics.csv", "val_acc"),
         "best_checkpoint": Path(best_path).name,
+        "best_epoch": _best_epoch(run_dir / "metrics.csv", monitor, mode),
         "epochs_trained": trainer.current_epoch,
         "stopped_by": stop,
         "train_seconds": round(seconds + summary.get("train_seconds", 0.0) if resume else seconds, 2),
-        "data": {"root": str(data.root), "train_videos": len(train_set), "val_videos": len(val_set)},
+        "data": {"root": str(data.root), "train_videos": len(train_set),
+                 "val_videos": len(val_set) if val_set is not None else 0,
+                 "train_subjects": sorted({r.subject for r in train_set.records}),
+                 "val_subjects": sorted({r.subject for r in val_set.records}) if val_set is not None else []},
+        "trainable": config.train.trainable,
         "commit": _git_commit(),
         "torch": torch.__version__,
     })
@@ -173,6 +187,76 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     if module.nonfinite_step is not None:
         print(f"warning: training stopped: {stop} ({run_dir / 'checkpoints'})")
     return run_dir
+
+
+def run_dataset(config: RunConfig, part: str, classes: list[str] | None = None, flow: bool | None = None,
+                reverse: bool = False) -> Any:
+    """The ``ClipDataset`` of one part (train/val/test) of a config: its split, or its subject list
+    (``data.<part>_subjects``, which takes precedence over the split column); sampling, stride,
+    oversampling and flow as configured."""
+    from kinetoscope.data.dataset import ClipDataset
+
+    data = config.data
+    subjects = getattr(data, f"{part}_subjects")
+    split = None if subjects is not None else getattr(data, f"{part}_split")
+    return ClipDataset(data.root, split, frames=data.frames, reverse=reverse, classes=classes,
+                       sampling=data.sampling, stride=data.stride, oversample=data.oversample,
+                       flow=data.flow if flow is None else flow, subjects=subjects, seed=config.train.seed)
+
+
+def prepare_weights(model: Any, init_from: Path | None, trainable: list[str] | None) -> list[Any]:
+    """Load ``init_from`` (a run directory's ``model.safetensors`` or a ``.safetensors`` file) into
+    ``model`` and freeze every parameter whose name starts with none of ``trainable`` (head-only
+    fine-tuning, seed 000 [T] §3.3). Returns the BatchNorm modules left entirely frozen."""
+    from torch import nn
+
+    from kinetoscope.models.weights import load_safetensors
+
+    if init_from is not None:
+        path = Path(init_from)
+        path = path / "model.safetensors" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"train.init_from: {path} is missing (give a run dir or .safetensors)")
+        load_safetensors(model, path)
+    if not trainable:
+        return []
+    names = [n for n, _ in model.named_parameters()]
+    unknown = [p for p in trainable if not any(n.startswith(p) for n in names)]
+    if unknown:
+        raise ValueError(f"train.trainable: no parameter name starts with {unknown}; e.g. {names[-3:]}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(name.startswith(p) for p in trainable))
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters())]
+
+
+def frozen_batchnorm_callback(modules: list[Any]) -> Any:
+    """A Lightning callback keeping frozen BatchNorm layers in eval mode, so their running statistics
+    stay those of the loaded weights (as Keras does for non-trainable layers)."""
+    import lightning.pytorch as pl
+
+    class FrozenBatchNorm(pl.Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            for m in modules:
+                m.eval()
+
+    return FrozenBatchNorm()
+
+
+def _best_epoch(path: Path, monitor: str | None, mode: str) -> int | None:
+    """Epoch (0-based) of the best monitored value in ``metrics.csv``; the last epoch without a monitor."""
+    if not path.is_file():
+        return None
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if monitor is not None:
+        rows = [r for r in rows if r.get(monitor) not in (None, "")]
+    if not rows:
+        return None
+    if monitor is None:
+        return int(rows[-1]["epoch"])
+    pick = min if mode == "min" else max
+    return int(pick(rows, key=lambda r: float(r[monitor]))["epoch"])
 
 
 def _best_from_table(path: Path, column: str) -> float | None:
@@ -187,4 +271,4 @@ def fit_from_file(config_path: str | Path | None, overrides: list[str], **kwargs
     return fit(load_config(config_path, overrides), **kwargs)
 
 
-__all__ = ["fit", "fit_from_file", "prepare_run_dir", "RunDirError"]
+__all__ = ["fit", "fit_from_file", "prepare_run_dir", "prepare_weights", "run_dataset", "RunDirError"]

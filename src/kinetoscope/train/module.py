@@ -21,10 +21,15 @@ class VideoClassifier(pl.LightningModule):
     """Cross-entropy training of any registered model; per-frame models get the clip label at every
     frame (seed 000 [T] §3.2: the video label is copied to every clip and frame)."""
 
-    def __init__(self, model: torch.nn.Module, num_classes: int, optim: OptimConfig) -> None:
+    def __init__(
+        self, model: torch.nn.Module, num_classes: int, optim: OptimConfig, loss: str = "ce"
+    ) -> None:
         super().__init__()
+        if loss not in ("ce", "bce"):
+            raise ValueError(f"train.loss must be 'ce' or 'bce', got {loss!r}")
         self.model = model
         self.num_classes = num_classes
+        self.loss_name = loss
         self.optim_config = optim
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
@@ -35,6 +40,11 @@ class VideoClassifier(pl.LightningModule):
         return self.model(*model_inputs(self.model, batch))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss_name == "bce":  # seed 000: sigmoid units + BCE on one-hot targets (spec ambiguity 20)
+            target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+            if logits.ndim == 3:
+                target = target[:, None].expand_as(logits)
+            return F.binary_cross_entropy_with_logits(logits, target)
         if logits.ndim == 3:  # [B, T, K] per-frame
             b, t, k = logits.shape
             return F.cross_entropy(logits.reshape(b * t, k), labels.repeat_interleave(t))
