@@ -123,3 +123,31 @@ def test_ddp_on_two_cpu_processes(motion_dataset, tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * 2
     assert summary["evaluations"]["val"]["n"] == 16
+
+
+def test_two_stream_towers_each_get_their_own_loss(motion_dataset):
+    from kinetoscope.config import OptimConfig
+    from kinetoscope.train.module import VideoClassifier
+
+    class Towers(nn.Module):
+        streams = ("rgb", "flow")
+
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(1, 2)
+            self.b = nn.Linear(1, 2)
+
+        def forward_towers(self, rgb, flow):
+            return {"fusion": self.a(rgb.mean(dim=(1, 2, 3, 4))[:, None]),
+                    "motion": self.b(flow.mean(dim=(1, 2, 3, 4))[:, None])}
+
+        def forward(self, rgb, flow):
+            return torch.stack(list(self.forward_towers(rgb, flow).values())).mean(0)
+
+    module = VideoClassifier(Towers(), 2, OptimConfig())
+    batch = {"video": torch.rand(4, 1, 2, 4, 4), "flow": torch.rand(4, 2, 2, 4, 4), "label": torch.tensor([0, 1, 0, 1])}
+    module.log = lambda *a, **k: None  # outside a Trainer
+    loss = module.training_step(batch, 0)
+    towers = module.model.forward_towers(batch["video"], batch["flow"])
+    expected = sum(torch.nn.functional.cross_entropy(t, batch["label"]) for t in towers.values())
+    assert torch.allclose(loss, expected)

@@ -51,8 +51,16 @@ class VideoClassifier(pl.LightningModule):
         return F.cross_entropy(logits, labels)
 
     def training_step(self, batch: dict, batch_idx: int):
-        logits = self(batch)
-        loss = self._loss(logits, batch["label"])
+        towers = getattr(self.model, "forward_towers", None)
+        if towers is not None:
+            # Two-stream networks with several towers: one loss per tower, summed (seed 004 §3.3.4);
+            # the clip score is the towers' mean, as in the model's forward.
+            outputs = list(towers(*model_inputs(self.model, batch)).values())
+            loss = sum(self._loss(o, batch["label"]) for o in outputs)
+            logits = torch.stack(outputs).mean(dim=0)
+        else:
+            logits = self(batch)
+            loss = self._loss(logits, batch["label"])
         if not torch.isfinite(loss):
             # Skip the update so the weights (and every checkpoint) stay the last good ones.
             self.nonfinite_step = int(self.global_step)

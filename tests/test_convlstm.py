@@ -1,0 +1,152 @@
+"""ConvLSTM layer: the fast layer computes the baseline cell's function (issue "The spine", item 4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kinetoscope.layers import ConvLSTM, ConvLSTMCell, reference_convlstm
+from kinetoscope.models import create_model
+
+
+def _outputs_and_gradients(layer: ConvLSTM, x: torch.Tensor, forward) -> list[torch.Tensor]:
+    """Output, dL/dx and dL/dparameters for L = <output, fixed random tensor>."""
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    y = forward(x)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    (y * weights).sum().backward()
+    return [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
+
+
+def _plain_autograd_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 4.5-4.10 written with autograd ops only, separate input/hidden convolutions; any stride."""
+    b, _, t, _, _ = x.shape
+    pad = layer.kernel_size // 2
+    x_gates = [torch.conv2d(x[:, :, s], layer.input_conv.weight, layer.input_conv.bias, layer.stride, pad)
+               for s in range(t)]
+    h = x.new_zeros(b, layer.hidden_channels, *x_gates[0].shape[2:])
+    c = torch.zeros_like(h)
+    outputs = []
+    for step in range(t):
+        i, f, g, o = (x_gates[step] + layer.hidden_conv(h)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, dim=2)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("hidden_bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8, 9), (1, 1, 1, 6, 6), (3, 4, 4, 5, 7)])
+def test_layer_matches_the_baseline_cell_in_outputs_and_gradients_float64(kernel_size, hidden_bias, shape):
+    torch.manual_seed(0)
+    layer = ConvLSTM(shape[1], 4, kernel_size, hidden_bias=hidden_bias).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    fast = _outputs_and_gradients(layer, x, layer)
+    baseline = _outputs_and_gradients(layer, x, lambda v: reference_convlstm(layer, v))
+    assert fast[0].shape == (shape[0], 4, shape[2], shape[3], shape[4])
+    for got, want in zip(fast, baseline, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_layer_matches_the_baseline_cell_in_float32_at_model_size():
+    torch.manual_seed(1)
+    layer = ConvLSTM(16, 16, 3)
+    x = torch.randn(2, 16, 6, 16, 16)
+    fast = _outputs_and_gradients(layer, x, layer)
+    baseline = _outputs_and_gradients(layer, x, lambda v: reference_convlstm(layer, v))
+    for got, want in zip(fast, baseline, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 7)])
+def test_strided_layer_keeps_the_state_at_the_strided_resolution_and_matches_autograd(size):
+    torch.manual_seed(2)
+    layer = ConvLSTM(2, 3, 3, stride=2).double()
+    x = torch.randn(2, 2, 4, *size, dtype=torch.float64)
+    fast = _outputs_and_gradients(layer, x, layer)
+    plain = _outputs_and_gradients(layer, x, lambda v: _plain_autograd_convlstm(layer, v))
+    assert fast[0].shape == (2, 3, 4, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    for got, want in zip(fast, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_baseline_is_the_cell_stepped_with_concatenated_weights_and_summed_biases():
+    torch.manual_seed(3)
+    layer = ConvLSTM(2, 3, 3).double()
+    cell = ConvLSTMCell(2, 3, 3).double()
+    with torch.no_grad():
+        cell.conv.weight.copy_(torch.cat([layer.input_conv.weight, layer.hidden_conv.weight], dim=1))
+        cell.conv.bias.copy_(layer.input_conv.bias + layer.hidden_conv.bias)
+    x = torch.randn(1, 2, 3, 5, 5, dtype=torch.float64)
+    h = c = torch.zeros(1, 3, 5, 5, dtype=torch.float64)
+    for step in range(3):
+        h, c = cell(x[:, :, step], (h, c))
+    torch.testing.assert_close(reference_convlstm(layer, x)[:, :, -1], h)
+
+
+def test_first_step_matches_eq_4_5_to_4_10_by_hand():
+    # One pixel, 1x1 kernel: gates are scalars, so S_0 = i g and H_0 = o tanh(S_0) with zero states.
+    layer = ConvLSTM(1, 1, 1).double()
+    with torch.no_grad():
+        layer.input_conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1))
+        layer.input_conv.bias.zero_()
+        layer.hidden_conv.weight.zero_()
+        layer.hidden_conv.bias.zero_()
+    x = torch.full((1, 1, 1, 1, 1), 0.5, dtype=torch.float64)
+    i, g, o = torch.sigmoid(torch.tensor(0.5)), torch.tanh(torch.tensor(1.5)), torch.sigmoid(torch.tensor(2.0))
+    expected = o * torch.tanh(i * g)
+    torch.testing.assert_close(layer(x).flatten()[0].float(), expected.float())
+
+
+def test_state_dict_keys_and_model_parameter_counts_are_unchanged():
+    layer = ConvLSTM(1, 16)
+    assert sorted(layer.state_dict()) == [
+        "hidden_conv.bias", "hidden_conv.weight", "input_conv.bias", "input_conv.weight"
+    ]
+    assert sorted(ConvLSTM(1, 16, hidden_bias=False).state_dict()) == [
+        "hidden_conv.weight", "input_conv.bias", "input_conv.weight"
+    ]
+    for hidden, params in [(1, 571), (48, 433_253)]:
+        model = create_model("convlstm", num_classes=5, in_channels=1, hidden=hidden)
+        assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_model_trains_through_the_fast_layer_and_forward_hooks_see_hidden_states():
+    torch.manual_seed(4)
+    model = create_model("convlstm", num_classes=5, in_channels=1, hidden=2)
+    seen = {}
+    layer = model.get_submodule(model.explain_layer)
+    layer.register_forward_hook(lambda module, inputs, output: seen.setdefault("h", output))
+    logits = model(torch.randn(2, 1, 4, 64, 64))
+    logits.sum().backward()
+    assert logits.shape == (2, 5)
+    assert seen["h"].shape == (2, 2, 4, 16, 16)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_wrong_input_channels_are_rejected_with_the_expected_shape():
+    with pytest.raises(ValueError, match=r"expected input \[B, 3, T, H, W\]"):
+        ConvLSTM(3, 4)(torch.zeros(1, 2, 3, 8, 8))
+
+
+def test_backward_twice_with_retained_graph_gives_the_same_gradients():
+    # Explanation methods take several gradients of one forward pass (retain_graph=True).
+    torch.manual_seed(5)
+    layer = ConvLSTM(2, 3).double()
+    x = torch.randn(1, 2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    y = layer(x).sum()
+    first = torch.autograd.grad(y, x, retain_graph=True)[0]
+    second = torch.autograd.grad(y, x)[0]
+    torch.testing.assert_close(first, second)
+
+
+def test_inference_without_autograd_gives_the_training_output():
+    torch.manual_seed(6)
+    layer = ConvLSTM(2, 3)
+    x = torch.randn(2, 2, 3, 6, 6)
+    with torch.no_grad():
+        inference = layer(x)
+    torch.testing.assert_close(inference, layer(x).detach())
+
