@@ -30,9 +30,12 @@ app = typer.Typer(
 synth_app = typer.Typer(help="Generate and derive datasets.", no_args_is_help=True)
 data_app = typer.Typer(help="Index, decode and cache videos; inspect datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="List models, profile one, import weights.", no_args_is_help=True)
+suite_app = typer.Typer(help="Probing suites: Temporal Shapes study, reversal, appearance-free, shape/texture.",
+                        no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(suite_app, name="suite")
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
@@ -110,9 +113,50 @@ def synth_temporal_shapes(
 
 
 @synth_app.command("appearance-free")
-def synth_appearance_free() -> None:
-    """Turn videos into appearance-free (random-dot) videos that keep only motion."""
-    not_yet("synth appearance-free", "issue 8, probing suites")
+@user_errors
+def synth_appearance_free(
+    source: Annotated[Path, typer.Argument(help="A prepared or generated dataset directory.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output dataset directory.")],
+    flow: Annotated[str, typer.Option(help="Flow method: farneback, tvl1 or dis.")] = "farneback",
+    mode: Annotated[str, typer.Option(help="first-frame (default, the thesis) or sequential.")] = "first-frame",
+    placement: Annotated[str, typer.Option(help="splat (forward placement) or sample (the authors' code).")]
+    = "splat",
+    seed: int = 0,
+    grayscale: bool = False,
+    no_flow: Annotated[bool, typer.Option("--no-flow", help="Do not keep the flow beside the frames.")] = False,
+    overwrite: bool = False,
+) -> None:
+    """Turn videos into appearance-free (random-dot) videos that keep only motion (seed 003 §4.3)."""
+    from kinetoscope.synth.appearance_free import make_appearance_free_dataset
+
+    path = make_appearance_free_dataset(source, out_dir, flow_method=flow, mode=mode, placement=placement, seed=seed,
+                                        grayscale=grayscale, write_flow=not no_flow, overwrite=overwrite)
+    out.print(f"wrote [bold]{path}[/]")
+
+
+@synth_app.command("domains")
+@user_errors
+def synth_domains(
+    source: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output root: one dataset per domain.")],
+    masks: Annotated[Path | None, typer.Option(help="Directory of <video_id>.npy actor masks [T,H,W].")] = None,
+    boxes: Annotated[Path | None, typer.Option(help="CSV of per-frame actor boxes.")] = None,
+    domain: Annotated[list[str] | None, typer.Option(help="S1, S2 and/or T (default: all possible).")] = None,
+    blur_sigma: float = 5.0,
+    fill: Annotated[str, typer.Option(help="T fill: imagenet, clip or R,G,B.")] = "imagenet",
+    overwrite: bool = False,
+) -> None:
+    """Shape/texture test domains (seed 000, Diving48): S1 segmented actor, S2 actor box, T filled box."""
+    from kinetoscope.synth.domains import DOMAINS, make_domain_datasets
+
+    fill_value: str | tuple[float, ...] = fill
+    if "," in fill:
+        fill_value = tuple(float(v) for v in fill.split(","))
+    paths = make_domain_datasets(source, out_dir, masks_dir=masks, boxes_csv=boxes,
+                                 domains=tuple(domain) if domain else DOMAINS, blur_sigma=blur_sigma,
+                                 fill=fill_value, overwrite=overwrite)
+    for name, path in paths.items():
+        out.print(f"{name}: [bold]{path}[/]")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -306,10 +350,98 @@ def explain() -> None:
     not_yet("explain", "issue 7, explanations")
 
 
-@app.command()
-def suite() -> None:
-    """Probing suites: temporal-shapes cross-domain study, reversal, appearance-free."""
-    not_yet("suite", "issue 8, probing suites")
+def _settings(items: list[str] | None) -> dict:
+    from kinetoscope.config import parse_override
+
+    settings: dict = {}
+    for item in items or []:
+        keys, value = parse_override(item)
+        node = settings
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return settings
+
+
+@suite_app.command("temporal-shapes")
+@user_errors
+def suite_temporal_shapes(
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory.")] = Path("runs/temporal-shapes"),
+    family: Annotated[list[str] | None, typer.Option(help="Model families (default convlstm, cnn3d).")] = None,
+    widths: Annotated[str | None, typer.Option(help="Comma-separated widths h, e.g. 2,4,8.")] = None,
+    source: Annotated[str, typer.Option(help="Training domain: 2dot or mnist-bg.")] = "2dot",
+    scale: Annotated[str, typer.Option(help="small (2 CPU cores) or paper (the seed's sizes).")] = "small",
+    seed: int = 0,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Override a scale setting, "
+                                                                      "e.g. --set train_num=1000.")] = None,
+    overwrite: bool = False,
+) -> None:
+    """The Temporal Shapes cross-domain study (seed 000 §5.3): accuracy and rr per family and width."""
+    from kinetoscope.suites.temporal_shapes import run_temporal_shapes_study
+
+    width_list = [int(w) for w in widths.split(",")] if widths else None
+    report = run_temporal_shapes_study(out_dir, tuple(family) if family else ("convlstm", "cnn3d"), width_list,
+                                       source, scale, seed, settings=_settings(settings) or None,
+                                       overwrite=overwrite)
+    out.print(f"report: [bold]{report}[/]")
+
+
+@suite_app.command("reversal")
+@user_errors
+def suite_reversal(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/reversal"),
+    data: Annotated[Path | None, typer.Option(help="Evaluate on this dataset instead of each run's val.")] = None,
+    split: str | None = None,
+    recompute: bool = False,
+) -> None:
+    """Accuracy on original vs time-reversed clips, per run."""
+    from kinetoscope.suites.reversal import run_reversal_suite
+
+    out.print(f"report: [bold]{run_reversal_suite(runs, out_dir, data=data, split=split, recompute=recompute)}[/]")
+
+
+@suite_app.command("shape-texture")
+@user_errors
+def suite_shape_texture(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    domains: Annotated[Path, typer.Option(help="Root written by `kinetoscope synth domains`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/shape-texture"),
+    split: str | None = None,
+    recompute: bool = False,
+) -> None:
+    """S1/V, S2/V, T/V and T/S1 per run (seed 000, Diving48 domains)."""
+    from kinetoscope.suites.reversal import run_shape_texture_suite
+
+    report = run_shape_texture_suite(runs, domains, out_dir, split=split, recompute=recompute)
+    out.print(f"report: [bold]{report}[/]")
+
+
+@suite_app.command("appearance-free")
+@user_errors
+def suite_appearance_free(
+    data: Annotated[Path, typer.Argument(help="A dataset directory (RGB).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/appearance-free"),
+    model: Annotated[list[str] | None, typer.Option(help="Models to train (default cnn3d, convlstm).")] = None,
+    af_data: Annotated[Path | None, typer.Option(help="An existing appearance-free version of DATA.")] = None,
+    flow: str = "farneback",
+    mode: str = "first-frame",
+    placement: str = "splat",
+    grayscale: bool = False,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Model options (cnn3d.hidden=8) or "
+                                                                      "training (train.max_epochs=5).")] = None,
+    seed: int = 0,
+) -> None:
+    """Accuracy on RGB vs appearance-free versions of a dataset, per model, with Δ (seed 003 Table 4.1)."""
+    from kinetoscope.suites.appearance_free import run_appearance_free_suite
+
+    parsed = _settings(settings)
+    train = parsed.pop("train", None)
+    report = run_appearance_free_suite(data, out_dir, models=tuple(model) if model else ("cnn3d", "convlstm"),
+                                       af_data=af_data, model_options=parsed or None, train=train,
+                                       flow_method=flow, mode=mode, placement=placement, grayscale=grayscale,
+                                       seed=seed)
+    out.print(f"report: [bold]{report}[/]")
 
 
 # -------------------------------------------------------------------------------------------- models

@@ -109,6 +109,9 @@ def build_study_report(study_dir: Path) -> Path:
     body = [f"<h1>{html.escape(study.get('title', 'kinetoscope study'))}</h1>"]
     if study.get("intro"):
         body.append(f"<p>{study['intro']}</p>")
+    for fragment in study.get("sections", []):  # pre-rendered HTML of a suite (report/suites.py)
+        if (study_dir / fragment).is_file():
+            body.append((study_dir / fragment).read_text())
 
     columns = study.get("columns", [])
     header = ["model", "params", *[c[1] for c in columns]]
