@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 
 os.environ.setdefault("KINETOSCOPE_PLAIN", "1")

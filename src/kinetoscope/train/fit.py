@@ -94,6 +94,8 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
 
     run_dir = prepare_run_dir(config, overwrite=overwrite, resume=resume)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
 
     data = config.data
     train_set = run_dataset(config, "train")
