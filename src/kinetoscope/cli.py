@@ -55,11 +55,6 @@ def user_errors(fn):
     return wrapper
 
 
-def not_yet(command: str, issue: str) -> None:
-    console.print(f"[yellow]`kinetoscope {command}` is not yet available[/] (planned: {issue}).")
-    raise typer.Exit(3)
-
-
 Overrides = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set model.hidden=16.")
 ]
@@ -345,9 +340,29 @@ def cv(
 
 
 @app.command()
-def explain() -> None:
-    """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids for chosen clips."""
-    not_yet("explain", "issue 7, explanations")
+@user_errors
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    method: Annotated[str, typer.Option(help="temporal-mask, gradcam, saliency-tubes, cfp, actmax; "
+                                             "comma-separated or 'all'.")] = "temporal-mask",
+    clips: Annotated[int, typer.Option(help="How many clips of the split to explain.")] = 4,
+    video: Annotated[list[str] | None, typer.Option(help="Explain these video ids instead.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split to draw clips from (default: the run's val).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Another dataset to draw clips from.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory (default RUN/explanations).")]
+    = None,
+    stream: Annotated[str | None, typer.Option(help="Two-stream models: rgb or flow.")] = None,
+    target: Annotated[str, typer.Option(help="Explain the predicted class or the label.")] = "predicted",
+    options: Annotated[list[str] | None, typer.Option("--set", help="Method option, e.g. --set iterations=100.")]
+    = None,
+) -> None:
+    """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids, activation maximisation."""
+    from kinetoscope.explain import explain_run
+
+    parsed = {k: v for k, v in _settings(options).items()}
+    path = explain_run(run, method, list(video) if video else clips, split, data, out_dir, stream=stream,
+                       target=target, **parsed)
+    out.print(f"explanations: [bold]{path}[/]  (index.csv, GIFs, contact sheets)")
 
 
 def _settings(items: list[str] | None) -> dict:

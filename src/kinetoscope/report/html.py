@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kinetoscope.explain.run import explanations_section
 from kinetoscope.report.plots import confusion_plot, domain_bars, training_curves
 from kinetoscope.utils import atomic_write_text
 
@@ -87,6 +88,7 @@ def run_section(run_dir: Path, figures: Path, label: str | None = None) -> str:
     if val:
         parts.append(_img(confusion_plot(val, figures / f"{run_dir.name}_confusion.png",
                                          title=f"{label}: validation"), "confusion matrix"))
+    parts.append(explanations_section(run_dir))
     return "\n".join(parts)
 
 

@@ -34,6 +34,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "patience": 5,
         "batch_size": 32,
         "lr": 2e-3,
+        "explain_clips": 4,
+        "mask_iterations": 300,
     },
     "quick": {
         "train_num": 200,
@@ -45,6 +47,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "patience": 2,
         "batch_size": 32,
         "lr": 3e-3,
+        "explain_clips": 2,
+        "mask_iterations": 30,
     },
 }
 
@@ -62,6 +66,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     from kinetoscope.config import build_config
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.evaluate.run import predict_run
+    from kinetoscope.explain import explain_run
     from kinetoscope.report.html import build_report
     from kinetoscope.synth import generate_temporal_shapes
     from kinetoscope.train import fit
@@ -136,6 +141,12 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
                 _log(f"evaluating {family} on {name}")
                 predict_run(run_dir, **kwargs)
         timings[f"{family}_eval_seconds"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        if not (run_dir / "explanations" / "index.csv").is_file():
+            _log(f"explaining {settings['explain_clips']} {family} clips (temporal mask + Grad-CAM)")
+            explain_run(run_dir, "temporal-mask,gradcam", clips=settings["explain_clips"],
+                        iterations=settings["mask_iterations"])
+        timings[f"{family}_explain_seconds"] = round(time.perf_counter() - started, 1)
 
     # 4. report ------------------------------------------------------------------------------
     previews = {

@@ -1,0 +1,219 @@
+"""Saliency Tubes: class-weighted activation volumes of a 3D CNN's last conv layer (seed 002 ch. 7 §7.4,
+Eq. 7.1; spec ``stergiou.md`` §3.1).
+
+For the activations ``a`` (C' × T' × H' × W') of the explained layer and class ``i`` (default the
+predicted one):
+
+    z_{i→j} = minmax_R( f(a_j) ),   f(a_j) = y_{i,j} ⊗ a_j          (Eq. 7.1; constant maps -> 0)
+    tube_i  = Σ_{j ∉ E} z_{i→j}²                                     (§7.4)
+
+Channels in ``E`` are dropped: the thesis introduces a threshold τ without a rule; the spec keeps a
+channel when ``y_{i,j} > 0`` (a negative weight would invert its map) and ``minmax_j(y_{i,j} · mean a_j) ≥ τ``
+(default τ = 0, i.e. every positively weighted channel). The tube is upsampled to the input with cubic
+(C², order-3) splines, first over H, W and then over T (Fig. 7.5; ``scipy.ndimage.zoom`` per axis).
+By default the squares are summed at the layer's resolution and the sum is upsampled once;
+``exact=True`` upsamples each ``z_j``, clips it to [0, 1] and then squares and sums (the literal
+order, C' spline passes). The result is min-max normalised over the whole tube to [0, 1].
+
+Class weights. The thesis reads ``y_{i,j}`` from the fully connected layer that follows global average
+pooling of ``a``. Kinetoscope obtains them for any model from the gradient of the class logit with
+respect to ``a``: for a GAP -> (dropout) -> linear head, ``∂y_i / ∂a_j(r) = W_{ij} / |R|`` at every
+position r, so ``Σ_r ∂y_i/∂a_j(r) = W_{ij}`` and ``f(a_j)(r) = |R| · ∂y_i/∂a_j(r) · a_j(r)`` equals
+``W_{ij} a_j(r)`` exactly (``tests/test_explain_tubes.py`` checks this against ``fc.weight``). For a
+flatten -> linear head (``cnn3d``) the same expression gives each activation element its own class
+weight ``W_{i,j,r}``; for other heads it is the first-order (linearised) weight. Deviation from the
+released code (plain CAM, one min-max, no τ, no squares): the thesis is followed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from kinetoscope.explain.base import (
+    ClipInput,
+    Explanation,
+    StreamForward,
+    as_stream_list,
+    model_streams,
+    resolve_target,
+    stream_index,
+)
+from kinetoscope.explain.gradcam import explain_layer_name, resolve_layer
+from kinetoscope.registry import EXPLAINERS
+
+
+def minmax(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Min-max to [0, 1] over ``dims``; a constant slice becomes 0 (spec §3.1)."""
+    low = values.amin(dim=dims, keepdim=True)
+    span = values.amax(dim=dims, keepdim=True) - low
+    return torch.where(span > 0, (values - low) / span.clamp_min(1e-12), torch.zeros_like(values))
+
+
+def spline_upsample(volume: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Cubic-spline (order 3, C²) upsampling of ``[..., T', H', W'] -> [..., T, H, W]``: H and W first,
+    then T (seed 002 Fig. 7.5). Knots sit at the centres of the coarse cells (``grid_mode``)."""
+    frames, height, width = size
+    lead = volume.ndim - 3
+    t0, h0, w0 = volume.shape[-3:]
+    spatial = ndimage.zoom(volume, (1,) * lead + (1, height / h0, width / w0), order=3, mode="nearest",
+                           grid_mode=True)
+    if t0 == frames:
+        return spatial
+    return ndimage.zoom(spatial, (1,) * lead + (frames / t0, 1, 1), order=3, mode="nearest", grid_mode=True)
+
+
+def _hook_output(store: list[torch.Tensor]):
+    def hook(_module, _inputs, output):
+        store.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    return hook
+
+
+def layer_class_weights(
+    model: nn.Module,
+    clips: ClipInput,
+    target: Any = None,
+    layer: str | nn.Module | None = None,
+    *,
+    stream: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activations of the explained layer and their class weights, for a batch.
+
+    Returns ``(a [B, C', T', H', W'], weights [B, C', T', H', W'], logits [B, K], targets [B])`` where
+    ``weights = |R| · ∂y_target / ∂a`` — the fully connected layer's ``W[target, j]`` at every position
+    for a GAP -> linear head (module docstring).
+    """
+    inputs = [t.detach() for t in as_stream_list(model, clips)]
+    index = stream_index(model, stream)
+    name = stream if stream is not None else model_streams(model)[index]
+    module = resolve_layer(model, layer, name)
+    forward = StreamForward(model, inputs, index)
+    store: list[torch.Tensor] = []
+    handle = module.register_forward_hook(_hook_output(store))
+    try:
+        with torch.enable_grad():
+            logits = forward(inputs[index].clone().requires_grad_(True))
+    finally:
+        handle.remove()
+    if not store:
+        raise RuntimeError(f"layer {layer or explain_layer_name(model, stream)!r} was not used in "
+                           f"{type(model).__name__}.forward")
+    activations = store[-1]
+    if activations.dim() != 5:
+        raise ValueError(f"Saliency Tubes need activations [B, C', T', H', W'] at the explained layer; "
+                         f"{layer or explain_layer_name(model, stream)!r} gives {tuple(activations.shape)}")
+    targets = resolve_target(target, logits.detach())
+    score = logits.gather(1, targets.view(-1, 1)).sum()
+    (grads,) = torch.autograd.grad(score, activations)
+    volume = activations.shape[2] * activations.shape[3] * activations.shape[4]
+    return activations.detach(), grads * volume, logits.detach(), targets
+
+
+def tube_channels(activations: torch.Tensor, weights: torch.Tensor, tau: float = 0.0) -> torch.Tensor:
+    """Channels outside ``E``: ``[B, C']`` bool — ``y_{i,j} > 0`` and ``minmax_j(y_{i,j} · mean a_j) ≥ τ``.
+
+    ``y_{i,j}`` is the volume mean of the per-position weights (``W[i, j]`` for GAP heads) and the
+    channel's contribution ``mean_R(weights · a)`` (``W[i, j] · mean a_j`` for GAP heads).
+    """
+    class_weight = weights.mean(dim=(2, 3, 4))
+    contribution = (weights * activations).mean(dim=(2, 3, 4))
+    ranked = minmax(contribution, (1,))
+    return (class_weight > 0) & (ranked >= tau)
+
+
+def saliency_tube_volumes(
+    activations: torch.Tensor,
+    weights: torch.Tensor,
+    size: tuple[int, int, int],
+    tau: float = 0.0,
+    exact: bool = False,
+    chunk: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tubes ``[B, T, H, W]`` in [0, 1] and the kept-channel mask ``[B, C']`` from activations and
+    per-position class weights (both ``[B, C', T', H', W']``)."""
+    keep = tube_channels(activations, weights, tau)
+    z = minmax(weights * activations, (2, 3, 4)) * keep[:, :, None, None, None]  # Eq. 7.1
+    tubes = []
+    for b in range(z.shape[0]):
+        if not exact:
+            tube = spline_upsample((z[b] ** 2).sum(dim=0).double().cpu().numpy(), size)
+        else:
+            kept = z[b, keep[b]].double().cpu().numpy()
+            tube = np.zeros(size, dtype=np.float64)
+            for start in range(0, kept.shape[0], chunk):
+                tube += (np.clip(spline_upsample(kept[start:start + chunk], size), 0.0, 1.0) ** 2).sum(axis=0)
+        tube = np.clip(tube, 0.0, None)
+        peak = tube.max()
+        tubes.append((tube / peak if peak > 0 else tube).astype(np.float32))
+    return np.stack(tubes), keep.cpu().numpy()
+
+
+def saliency_tubes(
+    model: nn.Module,
+    clips: ClipInput,
+    target: Any = None,
+    layer: str | nn.Module | None = None,
+    *,
+    stream: str | None = None,
+    tau: float = 0.0,
+    exact: bool = False,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Saliency Tubes ``[B, T, H, W]`` in [0, 1] for ``clips [B, C, T, H, W]`` (seed 002 §7.4).
+
+    ``target`` None = predicted class (or an int / one class per clip); ``layer`` a dotted module name
+    (default ``model.explain_layer``); two-stream models: the ``stream`` to explain.
+    """
+    tubes, _, _ = _tubes_batched(model, clips, target, layer, stream=stream, tau=tau, exact=exact,
+                                 batch_size=batch_size)
+    return torch.from_numpy(tubes)
+
+
+def _tubes_batched(model, clips, target, layer, *, stream, tau, exact, batch_size):
+    inputs = [t.detach() for t in as_stream_list(model, clips)]
+    x = inputs[stream_index(model, stream)]
+    size = tuple(x.shape[2:])
+    batch = x.shape[0]
+    per_clip_target = None if target is None else torch.as_tensor(target, dtype=torch.long).reshape(-1)
+    if per_clip_target is not None and per_clip_target.numel() not in (1, batch):
+        raise ValueError(f"target has {per_clip_target.numel()} entries for {batch} clips; "
+                         "give one per clip or one int")
+    was_training = model.training
+    model.eval()
+    tubes, kept, targets = [], [], []
+    try:
+        for start in range(0, batch, batch_size):
+            rows = slice(start, min(start + batch_size, batch))
+            chunk = [t[rows] for t in inputs]
+            chunk_target = None
+            if per_clip_target is not None:
+                chunk_target = per_clip_target if per_clip_target.numel() == 1 else per_clip_target[rows]
+            activations, weights, _, chosen = layer_class_weights(model, chunk, chunk_target, layer, stream=stream)
+            volumes, keep = saliency_tube_volumes(activations, weights, size, tau, exact)
+            tubes.append(volumes)
+            kept.append(keep)
+            targets.append(chosen.cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(tubes), np.concatenate(kept), np.concatenate(targets)
+
+
+@EXPLAINERS.register("saliency-tubes")
+def explain_saliency_tubes(model: nn.Module, inputs: list[torch.Tensor], *, target: Any = None,
+                           stream: str | None = None, layer: str | None = None, tau: float = 0.0,
+                           exact: bool = False) -> Explanation:
+    """Explainer ``saliency-tubes``: class-weighted activation tubes of the explained layer (seed 002
+    §7.4). Values per clip: target, number of kept channels, peak position (frame, row, column)."""
+    tubes, kept, targets = _tubes_batched(model, inputs, target, layer, stream=stream, tau=tau, exact=exact,
+                                          batch_size=8)
+    values = []
+    for tube, keep, chosen in zip(tubes, kept, targets, strict=True):
+        t, y, x = np.unravel_index(int(tube.argmax()), tube.shape)
+        values.append({"target": int(chosen), "kept_channels": int(keep.sum()), "peak_frame": int(t),
+                       "peak_row": int(y), "peak_col": int(x)})
+    return Explanation(method="saliency-tubes", targets=targets.astype(np.int64), heatmaps=tubes, values=values)

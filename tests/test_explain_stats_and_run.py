@@ -1,0 +1,111 @@
+"""Explanation statistics (seed 001 [P] §4.3), rendering and ``explain_run`` on a run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from kinetoscope.explain.stats import blob_statistics, comparison_table, frame_blobs, welch_test
+
+
+def test_blobs_are_8_connected_components_of_the_normalised_map():
+    frame = np.zeros((9, 9), dtype=np.float32)
+    frame[0, 0] = frame[1, 1] = 2.0  # diagonal neighbours: one blob under 8-connectivity
+    frame[6:9, 6:9] = 1.5  # a 3x3 blob centred at (7, 7)
+    frame[4, 0] = 0.5  # below half the maximum after min-max: not salient
+    blobs = sorted(frame_blobs(frame))
+    assert [b[0] for b in blobs] == [2.0, 9.0]
+    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]))
+    assert stats["blob_count"] == 1.0  # two blobs in frame 0, none in the constant frame 1
+    assert stats["blob_size"] == pytest.approx(5.5)
+    # centres (0.5, 0.5) and (7, 7); frame centre (4, 4)
+    assert stats["centre_distance"] == pytest.approx((math.hypot(3.5, 3.5) + math.hypot(3, 3)) / 2)
+    assert len(frame_blobs(frame, detector="simple")) >= 1
+
+
+def test_welch_t_test_and_table_shaped_like_tables_3_and_4():
+    from scipy.stats import ttest_ind
+
+    a, b = [1.0, 2.0, 3.0, 4.0, float("nan")], [2.0, 4.0, 6.0, 8.0, 10.0]
+    result = welch_test(a, b)
+    expected = ttest_ind([1, 2, 3, 4], b, equal_var=False)
+    assert result["p"] == pytest.approx(expected.pvalue) and result["n_a"] == 4
+    header, rows = comparison_table({"I3D": {"mask_length": a, "drop_ratio": a},
+                                     "C-LSTM": {"mask_length": b, "drop_ratio": b}})
+    assert header == ["model", "mask length", "drop ratio"]
+    assert rows[0][0] == "I3D" and rows[0][1].startswith("2.5±")
+    assert rows[2][0] == "Welch p" and float(rows[2][1]) == pytest.approx(expected.pvalue, rel=0.05)
+
+
+@pytest.fixture
+def cnn3d_run(tmp_path, motion_dataset):
+    """A run directory with an untrained cnn3d on the motion dataset (weights + config only)."""
+    from kinetoscope.models import create_model
+    from kinetoscope.models.checkpoint import save_run_model
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    options = {"hidden": 4, "blocks": 2, "input_size": 16, "frames": 8}
+    model = create_model("cnn3d", 2, 1, **options)
+    save_run_model(model, run, {"name": "cnn3d", "num_classes": 2, "in_channels": 1, "options": options,
+                                "classes": ["left", "right"]})
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(motion_dataset), "val_split": "val",
+                                                              "frames": 8}}))
+    return run
+
+
+def test_explain_run_writes_gifs_sheets_index_and_statistics(cnn3d_run):
+    from kinetoscope.explain import explain_run, explanations_section
+
+    out = explain_run(cnn3d_run, method="temporal-mask,gradcam", clips=3, iterations=20)
+    assert out == cnn3d_run / "explanations"
+    with open(out / "index.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted({r["method"] for r in rows}) == ["gradcam", "temporal-mask"] and len(rows) == 6
+    assert {r["label"] for r in rows} == {"left", "right"}  # clips taken across classes
+    mask_row = next(r for r in rows if r["method"] == "temporal-mask")
+    assert 0 <= int(mask_row["mask_length"]) <= 8 and float(mask_row["original_score"]) > 0
+    gif = Image.open(out / mask_row["gif"])
+    assert gif.n_frames == 8 and gif.width > 3 * 64  # three panels side by side
+    assert (out / mask_row["sheet"]).is_file()
+    arrays = np.load(out / mask_row["arrays"])
+    assert arrays["mask"].shape == (8,)
+    stats = (out / "statistics.json").read_text()
+    assert "mask_length" in stats and "blob_count" in stats
+    # explaining the same clips again replaces their rows instead of duplicating them
+    explain_run(cnn3d_run, method="gradcam", clips=3)
+    with open(out / "index.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    section = explanations_section(cnn3d_run)
+    assert section.count("data:image/gif;base64,") == 3 and "mask length" in section
+
+
+def test_explain_run_rejects_unknown_methods_and_options(cnn3d_run):
+    from kinetoscope.explain import explain_run
+
+    with pytest.raises(KeyError, match="temporal-mask"):
+        explain_run(cnn3d_run, method="temporal-masks", clips=1)
+    with pytest.raises(ValueError, match="no_such_option"):
+        explain_run(cnn3d_run, method="gradcam", clips=1, no_such_option=3)
+    with pytest.raises(KeyError, match="nope"):
+        explain_run(cnn3d_run, method="gradcam", clips=["nope"])
+
+
+def test_gif_has_three_panels_and_a_mask_strip(tmp_path):
+    from kinetoscope.explain.render import display_frames, mask_strip, overlay_heatmap, render_gif
+
+    frames = display_frames(np.random.default_rng(0).random((1, 4, 16, 16)))
+    heat = overlay_heatmap(frames, np.ones((4, 16, 16)))
+    path = render_gif(tmp_path / "x.gif", [("a", frames), ("b", heat), ("c", frames)], np.array([0, 1, 1, 0.]))
+    image = Image.open(io.BytesIO(path.read_bytes()))
+    assert image.n_frames == 4
+    strip = mask_strip(np.array([0.0, 1.0]), 20)
+    assert strip[5, 15, 0] > strip[5, 15, 1] and strip[5, 3, 1] > strip[5, 3, 0]  # red on, green off
