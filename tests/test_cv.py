@@ -263,7 +263,6 @@ def _e2e(tmp_path: Path) -> dict[str, dict]:
     return results
 
 
-@pytest.mark.slow
 def test_two_stream_beats_chance_and_rgb_only_on_motion_defined_subjects(tmp_path: Path) -> None:
     results = _e2e(tmp_path)
     two, rgb = (
