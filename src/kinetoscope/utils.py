@@ -61,6 +61,17 @@ def atomic_save_npy(path: str | Path, array: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
+    """A CSV document (header + rows) as text, for ``atomic_write_text``."""
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def is_interactive() -> bool:
     return sys.stderr.isatty() and os.environ.get("KINETOSCOPE_PLAIN") is None
 

@@ -9,8 +9,6 @@ Writes, atomically, under the run directory:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,7 @@ import numpy as np
 
 from kinetoscope.evaluate.aggregate import aggregate_videos
 from kinetoscope.evaluate.metrics import classification_metrics, robustness_ratio
-from kinetoscope.utils import atomic_write_json, atomic_write_text
-
-
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -113,8 +103,8 @@ def predict_run(
     vheader = ["video_id", "subject", "label", "pred", *[f"score_{c}" for c in classes]]
 
     target = run_dir if (own_data and not reverse and name == "val") else run_dir / "evaluations" / name
-    atomic_write_text(target / "predictions.csv", _csv_text(header, clip_rows))
-    atomic_write_text(target / "video_predictions.csv", _csv_text(vheader, video_rows))
+    atomic_write_text(target / "predictions.csv", csv_text(header, clip_rows))
+    atomic_write_text(target / "video_predictions.csv", csv_text(vheader, video_rows))
     atomic_write_json(run_dir / "evaluations" / f"{name}.json", metrics)
 
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

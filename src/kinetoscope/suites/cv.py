@@ -31,7 +31,6 @@ parallel processes with ``workers > 1`` (each gets ``cpu_count // workers`` torc
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from kinetoscope.config import RunConfig
-from kinetoscope.utils import atomic_write_json, atomic_write_text
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 VIDEO_AGGREGATIONS = ("vote", "mean", "topk")
 PROTOCOLS = ("loso",)
@@ -52,13 +51,6 @@ PROTOCOLS = ("loso",)
 class SubjectLeakError(AssertionError):
     """A subject (or video) appeared in two of train / validation / test."""
 
-
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _log(message: str) -> None:
@@ -235,12 +227,12 @@ def evaluate_test_part(
     score_cols = [f"score_{c}" for c in classes]
     atomic_write_text(
         run_dir / f"{prefix}_predictions.csv",
-        _csv_text(["video_id", "subject", "clip_index", "label", "pred", *score_cols], clip_rows),
+        csv_text(["video_id", "subject", "clip_index", "label", "pred", *score_cols], clip_rows),
     )
     vheader = ["video_id", "subject", "label", "clips"]
     for method in VIDEO_AGGREGATIONS:
         vheader += [f"pred_{method}", *[f"{method}_{c}" for c in classes]]
-    atomic_write_text(run_dir / f"{prefix}_video_predictions.csv", _csv_text(vheader, video_rows))
+    atomic_write_text(run_dir / f"{prefix}_video_predictions.csv", csv_text(vheader, video_rows))
     metrics["test_subjects"] = sorted(set(out["subject"]))
     metrics["frame_aggregation"] = frame_aggregation
     metrics["top_fraction"] = top_fraction
@@ -435,7 +427,7 @@ def write_tables(out_dir: Path, results: list[dict[str, Any]], repeats: int) -> 
         rows.append(row)
     for level in levels:
         header += [f"{level}_f1", f"{level}_acc"]
-    atomic_write_text(out_dir / "folds.csv", _csv_text(header, rows))
+    atomic_write_text(out_dir / "folds.csv", csv_text(header, rows))
 
     by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
@@ -451,7 +443,7 @@ def write_tables(out_dir: Path, results: list[dict[str, Any]], repeats: int) -> 
                 mean, std = _mean_std([_levels(x)[level][key] for x in rs])
                 row += [round(mean, 6), round(std, 6)]
         srows.append(row)
-    atomic_write_text(out_dir / "subjects.csv", _csv_text(sheader, srows))
+    atomic_write_text(out_dir / "subjects.csv", csv_text(sheader, srows))
 
     summary: dict[str, Any] = {"folds": len(results), "repeats": repeats, "subjects": sorted(by_subject)}
     for level in levels:

@@ -15,24 +15,15 @@ score of one class over the video, what a clinician would scan for the seconds t
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kinetoscope.utils import atomic_path, atomic_write_text
+from kinetoscope.utils import atomic_path, atomic_write_text, csv_text
 
 AGGREGATIONS = ("vote", "mean", "topk")
 
-
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _run_settings(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -184,11 +175,11 @@ def predict_videos(
     score_cols = [f"score_{c}" for c in classes]
     atomic_write_text(
         out_dir / "clip_predictions.csv",
-        _csv_text(["video", "path", "clip_index", "start_s", "end_s", "pred", *score_cols], clip_rows),
+        csv_text(["video", "path", "clip_index", "start_s", "end_s", "pred", *score_cols], clip_rows),
     )
     atomic_write_text(
         out_dir / "video_predictions.csv",
-        _csv_text(["video", "path", "clips", "aggregation", "pred", *score_cols], video_rows),
+        csv_text(["video", "path", "clips", "aggregation", "pred", *score_cols], video_rows),
     )
     return results
 

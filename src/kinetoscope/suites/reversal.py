@@ -15,22 +15,12 @@ Neither trains anything; evaluations already in a run's ``summary.json`` are reu
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kinetoscope.utils import atomic_write_json, atomic_write_text
-
-
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
@@ -85,7 +75,7 @@ def run_reversal_suite(
         rows.append({"run": label, "path": str(run_dir), "model": summary.get("model", ""),
                      "params": summary.get("params"), "n": forward.get("n"),
                      "original": forward["accuracy"], "reversed": backward["accuracy"]})
-    atomic_write_text(out_dir / "reversal.csv", _csv_text(
+    atomic_write_text(out_dir / "reversal.csv", csv_text(
         ["run", "model", "params", "clips", "original", "reversed", "delta"],
         [[r["run"], r["model"], r["params"], r["n"], r["original"], r["reversed"], r["original"] - r["reversed"]]
          for r in rows]))
@@ -130,7 +120,7 @@ def run_shape_texture_suite(
             acc[domain] = _evaluate(run_dir, f"domain-{domain}", recompute, data=root, split=split)["accuracy"]
         accuracies[label] = acc
     ratios = domain_ratio_rows(accuracies)
-    atomic_write_text(out_dir / "shape_texture.csv", _csv_text(
+    atomic_write_text(out_dir / "shape_texture.csv", csv_text(
         ["run", "V", "S1", "S2", "T", "S1/V", "S2/V", "T/V", "T/S1", "star"],
         [[r["model"], *[accuracies[r["model"]].get(k) for k in ("V", "S1", "S2", "T")],
           r["S1/V"], r["S2/V"], r["T/V"], r["T/S1"], r["star"]] for r in ratios]))

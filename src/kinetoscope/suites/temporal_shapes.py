@@ -36,8 +36,6 @@ odd widths are skipped for it with a note.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import shutil
@@ -46,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kinetoscope.utils import atomic_write_json, atomic_write_text
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 FAMILIES = ("convlstm", "cnn3d", "timesformer")
 SOURCES = ("2dot", "mnist-bg")
@@ -77,13 +75,6 @@ def _log(message: str) -> None:
 
     Console(stderr=True).print(f"[bold cyan]temporal-shapes[/] {message}", highlight=False)
 
-
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def study_settings(scale: str, source: str, seed: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -300,7 +291,7 @@ def _table_csv(table: dict[str, Any]) -> str:
                      *[fam["avg_rr"].get(c) for c in table["columns"][1:]]])
         rows.append([family, "std", "", *[fam["std"].get(c) for c in table["columns"]],
                      *[fam["std_rr"].get(c) for c in table["columns"][1:]]])
-    return _csv_text(header, rows)
+    return csv_text(header, rows)
 
 
 def run_temporal_shapes_study(
@@ -368,7 +359,7 @@ def run_temporal_shapes_study(
     results = collect_results(out_dir, plan, source)
     rows = [[r[k] for k in ("family", "h", "params", "evaluation", "accuracy", "rr", "best_val_acc",
                             "epochs", "train_seconds")] for r in results]
-    atomic_write_text(out_dir / "results.csv", _csv_text(
+    atomic_write_text(out_dir / "results.csv", csv_text(
         ["family", "h", "params", "evaluation", "accuracy", "rr", "best_val_acc", "epochs", "train_seconds"], rows))
     table = study_table(results, source)
     atomic_write_text(out_dir / "table.csv", _table_csv(table))
