@@ -14,7 +14,9 @@ from kinetoscope.registry import MODELS
 NUM_CLASSES = 3
 # (C, T, H, W) of the smallest clip each model takes; everything else runs on SMALL_CLIP.
 SMALL_CLIP = (3, 8, 32, 32)
-SMALLEST_CLIP: dict[str, tuple[int, int, int, int]] = {}
+SMALLEST_CLIP: dict[str, tuple[int, int, int, int]] = {
+    "clstm_accv": (3, 4, 64, 64),  # three stride-2 ConvLSTMs + pools: 64 -> ... -> 1
+}
 KNOWN_STREAMS = {("rgb",), ("rgb", "flow"), ("flow",)}
 
 
