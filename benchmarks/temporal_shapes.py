@@ -1,8 +1,7 @@
 """Temporal Shape generator throughput: clips/s per domain in memory and written to disk.
 
 Prints one table (clips/s and the ratio to 2dot, in memory and to disk), the time of a full
-5,000-clip training set for 2dot and mnist-bg, and the cost of fsyncing every clip file
-(``DatasetStore.write_frames``) against the generator's atomic rename-only writes.
+5,000-clip training set for 2dot and mnist-bg.
 
     .venv/bin/python benchmarks/temporal_shapes.py [--num 1000] [--full 5000]
 """
@@ -17,9 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("KINETOSCOPE_PLAIN", "1")
 
-from kinetoscope.data.cache import DatasetStore  # noqa: E402
 from kinetoscope.synth import DOMAINS, generate_temporal_shapes, temporal_shapes  # noqa: E402
-from kinetoscope.synth.temporal_shapes import _save_npy  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -67,14 +64,6 @@ def main() -> None:
                 )
             )
             print(f"  {domain:<9} {seconds:6.2f} s  ({args.full / seconds:,.0f} clips/s)")
-
-        videos, _, _ = temporal_shapes(500, "2dot")
-        store = DatasetStore(Path(tmp) / "fsync")
-        fsync = timed(lambda: [store.write_frames(f"c{i}", v) for i, v in enumerate(videos)])
-        rename = timed(lambda: [_save_npy(store.frames_path(f"r{i}"), v) for i, v in enumerate(videos)])
-        print("\nWriting 500 clip files: atomic + fsync (DatasetStore.write_frames) vs atomic rename only")
-        print(f"  fsync  {500 / fsync:8,.0f} files/s")
-        print(f"  rename {500 / rename:8,.0f} files/s   ratio {fsync / rename:.1f}x faster")
 
 
 if __name__ == "__main__":
