@@ -56,9 +56,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_save_npy(path: str | Path, array: Any) -> None:
     import numpy as np
 
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
