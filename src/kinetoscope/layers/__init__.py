@@ -3,6 +3,7 @@
 from kinetoscope.layers.class_reg import ClassRegularisation  # seed 002 ch. 6
 from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell, reference_convlstm  # seed 000 §4
 from kinetoscope.layers.frame_select import select_frames, triplet_cosine_scores  # seed 002 §5.3
+from kinetoscope.layers.framewise import Framewise  # seed 000 time-distributed layers
 from kinetoscope.layers.gates import SRTG, CycleConsistencyGate, SqueezeRecursion  # seed 002 §4.3
 from kinetoscope.layers.mtconv import MTConv  # seed 002 §5.3
 from kinetoscope.layers.softpool import (  # seed 002 Eq. 5.5
@@ -31,6 +32,7 @@ __all__ = [
     "ConvLSTM",
     "ConvLSTMCell",
     "CycleConsistencyGate",
+    "Framewise",
     "IdentityTemporalConv",
     "MTConv",
     "SRTG",

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kinetoscope.layers.convlstm import ConvLSTM
+from kinetoscope.layers.framewise import Framewise
 from kinetoscope.registry import register_model
 
 
@@ -44,7 +45,7 @@ class CLSTM(nn.Module):
             blocks.append(nn.ModuleDict({
                 "convlstm": ConvLSTM(channels, hidden, kernel_size, stride=2, hidden_bias=False),
                 "bn": nn.BatchNorm3d(hidden),
-                "pool": nn.MaxPool2d(2),
+                "pool": Framewise(nn.MaxPool2d(2)),
             }))
             channels = hidden
             side = (side + 1) // 2 // 2  # 'same' stride-2 convolution, then 2x2 pooling
@@ -56,10 +57,7 @@ class CLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block["bn"](block["convlstm"](x))  # [B, h, T, H, W]
-            b, c, t, h, w = x.shape
-            x = block["pool"](x.transpose(1, 2).reshape(b * t, c, h, w))
-            x = x.reshape(b, t, c, h // 2, w // 2).transpose(1, 2)
+            x = block["pool"](block["bn"](block["convlstm"](x)))  # [B, h, T, H, W]
         return self.classifier(x.flatten(1))
 
 

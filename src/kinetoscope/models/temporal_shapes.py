@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kinetoscope.layers.convlstm import ConvLSTM
+from kinetoscope.layers.framewise import Framewise
 from kinetoscope.registry import register_model
 
 
@@ -45,7 +46,7 @@ class ConvLSTMNet(nn.Module):
                 nn.ModuleDict(
                     {
                         "convlstm": ConvLSTM(channels, hidden, kernel_size),
-                        "pool": nn.MaxPool2d(2),
+                        "pool": Framewise(nn.MaxPool2d(2)),
                         "bn": nn.BatchNorm3d(hidden),
                     }
                 )
@@ -58,11 +59,7 @@ class ConvLSTMNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block["convlstm"](x)  # [B, h, T, H, W]
-            b, c, t, h, w = x.shape
-            x = block["pool"](x.transpose(1, 2).reshape(b * t, c, h, w))
-            x = x.reshape(b, t, c, h // 2, w // 2).transpose(1, 2)
-            x = block["bn"](x)
+            x = block["bn"](block["pool"](block["convlstm"](x)))  # [B, h, T, H, W]
         return self.classifier(x[:, :, -1].flatten(1))
 
 
