@@ -21,7 +21,7 @@ from kinetoscope.utils import atomic_write_json, atomic_write_text
 
 
 class RunDirError(FileExistsError):
-    pass
+    """The run directory holds an earlier run and neither ``--overwrite`` nor ``--resume`` was given."""
 
 
 def is_child_process() -> bool:
