@@ -6,10 +6,11 @@ implementation, in the same process, interleaved, median over repeats:
 
 * ``baseline``  - ``reference_convlstm``: ConvLSTMCell (one Conv2d over cat([x_t, h_{t-1}])) stepped
                   with ``x[:, :, t]``, eager fp32 autograd;
-* ``hoisted``   - the previous layer: input convolution for all steps at once, hidden conv per step,
-                  eager autograd with ``x_gates[:, t]`` and torch.stack;
-* ``fast``      - the layer as shipped (one autograd Function, channels-last convolutions, in-place
-                  cell, hand-written backward with fused sigmoid/tanh backward kernels).
+* ``torch-cell`` - the layer with ``native=False``: one autograd Function, channels-last
+                  convolutions, hand-written backward, but the cell's pointwise arithmetic in PyTorch
+                  operations (in place, fused sigmoid/tanh backward kernels);
+* ``fast``      - the layer as shipped: the same, with the cell in the fused C kernel of
+                  ``kinetoscope.layers.native`` (one memory pass per step and direction).
 
 Achieved GFLOP/s = FLOPs of one training step (torch.utils.flop_counter.FlopCounterMode, which
 counts 2 FLOPs per multiply-add; convolutions and matmuls only) / step time, next to torch.mm's
@@ -29,23 +30,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kinetoscope.layers import ConvLSTM, reference_convlstm
+from kinetoscope.layers.native import cell_kernel
 from kinetoscope.models import create_model
-
-
-def hoisted_eager_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:
-    """The previous ConvLSTM.forward: batched input conv, per-step hidden conv, plain autograd."""
-    b, c, t, h, w = x.shape
-    x_gates = layer.input_conv(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
-    x_gates = x_gates.reshape(b, t, *x_gates.shape[1:])
-    hidden = x.new_zeros(b, layer.hidden_channels, *x_gates.shape[3:])
-    cell = torch.zeros_like(hidden)
-    outputs = []
-    for step in range(t):
-        i, f, g, o = (x_gates[:, step] + layer.hidden_conv(hidden)).chunk(4, dim=1)
-        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-        hidden = torch.sigmoid(o) * torch.tanh(cell)
-        outputs.append(hidden)
-    return torch.stack(outputs, dim=2)
 
 
 class _Stepper(nn.Module):
@@ -62,10 +48,11 @@ class _Stepper(nn.Module):
 def build(variant: str, hidden: int) -> nn.Module:
     torch.manual_seed(0)
     model = create_model("convlstm", num_classes=5, in_channels=1, hidden=hidden)
-    function = {"baseline": reference_convlstm, "hoisted": hoisted_eager_convlstm}.get(variant)
-    if function is not None:
-        for block in model.blocks:
-            block["convlstm"] = _Stepper(block["convlstm"], function)
+    for block in model.blocks:
+        layer = block["convlstm"]
+        layer.native = variant == "fast"
+        if variant == "baseline":
+            block["convlstm"] = _Stepper(layer, reference_convlstm)
     return model
 
 
@@ -95,10 +82,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if cell_kernel(torch.float32, torch.device("cpu")) is None:
+        print("WARNING: the fused cell kernel could not be built here; 'fast' runs the PyTorch cell")
     x = torch.randn(args.batch, 1, 20, 64, 64)
     y = torch.randint(0, 5, (args.batch,))
 
-    variants = ["baseline", "hoisted", "fast"]
+    variants = ["baseline", "torch-cell", "fast"]
     models = {name: build(name, args.hidden) for name in variants}
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01) for name, m in models.items()}
     warmup = {}

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import pytest
 import torch
 
-from kinetoscope.layers import ConvLSTM, ConvLSTMCell, reference_convlstm
+from kinetoscope.layers import ConvLSTM, ConvLSTMCell, native, reference_convlstm
 from kinetoscope.models import create_model
 
 
-def _outputs_and_gradients(layer: ConvLSTM, x: torch.Tensor, forward) -> list[torch.Tensor]:
-    """Output, dL/dx and dL/dparameters for L = <output, fixed random tensor>."""
+def _outputs_and_gradients(layer: ConvLSTM, x: torch.Tensor, forward, input_grad: bool = True) -> list[torch.Tensor]:
+    """Output, dL/dx (if ``input_grad``) and dL/dparameters for L = <output, fixed random tensor>."""
     layer.zero_grad()
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().clone().requires_grad_(input_grad)
     y = forward(x)
     weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
     (y * weights).sum().backward()
-    return [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
+    return [y.detach()] + ([x.grad] if input_grad else []) + [p.grad for p in layer.parameters()]
 
 
 def _plain_autograd_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:
@@ -36,23 +39,37 @@ def _plain_autograd_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(outputs, dim=2)
 
 
+def test_the_fused_cell_kernel_builds_on_this_machine():
+    # CI machines have a C compiler; without one the layer would silently take its slower path.
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    assert native.cell_kernel(torch.float32, torch.device("cpu")) is not None
+    assert native.cell_kernel(torch.float64, torch.device("cpu")) is not None
+    assert native.cell_kernel(torch.float16, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("native_cell", [True, False], ids=["fused-kernel", "torch-ops"])
+@pytest.mark.parametrize("input_grad", [True, False], ids=["dx", "no-dx"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
 @pytest.mark.parametrize("hidden_bias", [True, False])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 8, 9), (1, 1, 1, 6, 6), (3, 4, 4, 5, 7)])
-def test_layer_matches_the_baseline_cell_in_outputs_and_gradients_float64(kernel_size, hidden_bias, shape):
+def test_layer_matches_the_baseline_cell_in_outputs_and_gradients_float64(
+    kernel_size, hidden_bias, shape, input_grad, native_cell
+):
     torch.manual_seed(0)
-    layer = ConvLSTM(shape[1], 4, kernel_size, hidden_bias=hidden_bias).double()
+    layer = ConvLSTM(shape[1], 4, kernel_size, hidden_bias=hidden_bias, native=native_cell).double()
     x = torch.randn(*shape, dtype=torch.float64)
-    fast = _outputs_and_gradients(layer, x, layer)
-    baseline = _outputs_and_gradients(layer, x, lambda v: reference_convlstm(layer, v))
+    fast = _outputs_and_gradients(layer, x, layer, input_grad)
+    baseline = _outputs_and_gradients(layer, x, lambda v: reference_convlstm(layer, v), input_grad)
     assert fast[0].shape == (shape[0], 4, shape[2], shape[3], shape[4])
     for got, want in zip(fast, baseline, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_layer_matches_the_baseline_cell_in_float32_at_model_size():
+@pytest.mark.parametrize("native_cell", [True, False], ids=["fused-kernel", "torch-ops"])
+def test_layer_matches_the_baseline_cell_in_float32_at_model_size(native_cell):
     torch.manual_seed(1)
-    layer = ConvLSTM(16, 16, 3)
+    layer = ConvLSTM(16, 16, 3, native=native_cell)
     x = torch.randn(2, 16, 6, 16, 16)
     fast = _outputs_and_gradients(layer, x, layer)
     baseline = _outputs_and_gradients(layer, x, lambda v: reference_convlstm(layer, v))
@@ -60,10 +77,11 @@ def test_layer_matches_the_baseline_cell_in_float32_at_model_size():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("native_cell", [True, False], ids=["fused-kernel", "torch-ops"])
 @pytest.mark.parametrize("size", [(8, 8), (9, 7)])
-def test_strided_layer_keeps_the_state_at_the_strided_resolution_and_matches_autograd(size):
+def test_strided_layer_keeps_the_state_at_the_strided_resolution_and_matches_autograd(size, native_cell):
     torch.manual_seed(2)
-    layer = ConvLSTM(2, 3, 3, stride=2).double()
+    layer = ConvLSTM(2, 3, 3, stride=2, native=native_cell).double()
     x = torch.randn(2, 2, 4, *size, dtype=torch.float64)
     fast = _outputs_and_gradients(layer, x, layer)
     plain = _outputs_and_gradients(layer, x, lambda v: _plain_autograd_convlstm(layer, v))
@@ -150,3 +168,47 @@ def test_inference_without_autograd_gives_the_training_output():
         inference = layer(x)
     torch.testing.assert_close(inference, layer(x).detach())
 
+
+
+def test_kernel_gradient_accepts_expanded_and_transposed_output_gradients():
+    # y.sum() sends an expanded (stride-0) gradient; y.mean(1) a broadcast one: the kernel reads strides.
+    torch.manual_seed(8)
+    layer = ConvLSTM(2, 3).double()
+    x = torch.randn(2, 2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    for reduce in (lambda y: y.sum(), lambda y: (y.mean(1) * torch.arange(6.0, dtype=y.dtype)).sum()):
+        fast = torch.autograd.grad(reduce(layer(x)), x)[0]
+        want = torch.autograd.grad(reduce(reference_convlstm(layer, x)), x)[0]
+        torch.testing.assert_close(fast, want, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_propagates_nan_inputs_instead_of_hiding_them():
+    # Built with -ffast-math: a NaN must still reach the loss so training can stop on it.
+    layer = ConvLSTM(1, 2)
+    x = torch.zeros(1, 1, 3, 4, 4)
+    x[0, 0, 1, 2, 2] = float("nan")
+    assert torch.isnan(layer(x)[:, :, 1:]).any()
+
+
+def test_kernel_is_built_once_into_the_cache_and_a_broken_compiler_falls_back(tmp_path, monkeypatch, caplog):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path))
+    built = native._build("cc")
+    assert built.parent == tmp_path / "native" and built.suffix == ".so"
+    stamp = built.stat().st_mtime_ns
+    assert native._build("cc") == built and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary left behind
+
+    monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path / "other"))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    native._library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="kinetoscope.layers.native"):
+            assert native.cell_kernel(torch.float32, torch.device("cpu")) is None
+        assert "pure-PyTorch path" in caplog.text
+        torch.manual_seed(9)
+        layer = ConvLSTM(2, 3).double()
+        x = torch.randn(1, 2, 3, 5, 5, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
+    finally:
+        native._library.cache_clear()

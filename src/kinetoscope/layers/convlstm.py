@@ -22,9 +22,16 @@ over time (``reference_convlstm`` proves it in the tests) but
 * keeps the cell's single convolution over ``cat([x_t, H_{t-1}])`` (weights
   ``cat([input_conv.weight, hidden_conv.weight])``, biases summed; two separate convolutions were
   slower on CPU) but runs it channels-last, 1.3-2x faster for these narrow layers (17 or 32 input
-  channels); the pointwise cell stays in the default layout, where per-gate slices are contiguous;
-* applies the gate nonlinearities in place and uses the fused ``sigmoid_backward`` /
-  ``tanh_backward`` kernels in backward (one pass each instead of three);
+  channels);
+* runs the cell's pointwise arithmetic in one fused C kernel per step and direction
+  (:mod:`kinetoscope.layers.native`, compiled once per machine): it reads the convolution's
+  channels-last gates where they are, writes H_t both to the output and into the next step's
+  convolution input, and in backward reads dL/dH_t from the convolution's gradient in place. Where
+  no C compiler exists (or ``native=False``) the same steps run as PyTorch operations: in-place gate
+  nonlinearities and the fused ``sigmoid_backward`` / ``tanh_backward`` kernels;
+* when x needs no gradient (the first block), backward asks the convolution for the data gradient of
+  the H_{t-1} channels only: mkldnn pads 17 input channels to 32, so the full data gradient costs
+  1.6x as much;
 * does not hoist the input convolution of all steps into one call (stride 1): on glibc malloc the
   ``[B*T, 4h, H, W]`` buffer (335 MB at 64x64, B=16, h=16) is page-faulted afresh every step of
   training, which cost more than the batching saved. Stride > 1 must hoist it (the state lives at
@@ -32,7 +39,7 @@ over time (``reference_convlstm`` proves it in the tests) but
 
 Not kept (measured while developing it; figures in the issue note): ``torch.compile`` of the
 pointwise cell (no faster than the eager in-place cell here, and 1-2 minutes to compile on a busy
-2-core machine); separate input and hidden convolutions per step (slower than the one over the
+2-core machine; the C kernel builds in under a second); separate input and hidden convolutions per step (slower than the one over the
 concatenation); the pointwise cell in channels-last (per-gate slices become 16-float runs, 3x
 slower); a batched weight gradient over all steps (no faster than per step, and it needs the big
 buffers).
@@ -44,6 +51,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call
+
+from kinetoscope.layers.native import cell_kernel
 
 
 class ConvLSTMCell(nn.Module):
@@ -102,12 +111,28 @@ def _cell_backward(act: torch.Tensor, tanh_c: torch.Tensor, c_prev: torch.Tensor
     return grad_gates, dc.mul_(f)
 
 
+def _torch_cell_forward(gates: torch.Tensor, c_prev: torch.Tensor | None, out: torch.Tensor):
+    """The cell with PyTorch operations: pre-activation gates ``[B, 4h, H, W]`` (activated in place),
+    S_{t-1} (``None``: zero) -> (activated gates, S_t, tanh(S_t)); H_t is written to ``out``."""
+    hidden = gates.shape[1] // 4
+    gates[:, : 2 * hidden].sigmoid_()
+    gates[:, 2 * hidden : 3 * hidden].tanh_()
+    gates[:, 3 * hidden :].sigmoid_()
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.mul(i, g) if c_prev is None else torch.addcmul(f * c_prev, i, g)  # S_{-1} = 0
+    tanh_c = torch.tanh(c)
+    torch.mul(o, tanh_c, out=out)
+    return gates, c, tanh_c
+
+
 class _ConvLSTMSequence(torch.autograd.Function):
     """The recurrence over T steps as one autograd node (fused cell, hand-written backward).
 
     Step t convolves ``cat([inputs[:, :, t], H_{t-1}])`` with one weight (the baseline cell's single
     convolution; ``inputs`` may have 0 channels) in channels-last, adds ``added_gates[:, t]`` if
-    given (the strided input convolution, precomputed for all steps) and applies the cell.
+    given (the strided input convolution, precomputed for all steps) and applies the cell: the fused
+    kernel of :mod:`kinetoscope.layers.native` when it is available (``native=True``), else PyTorch
+    operations (:func:`_torch_cell_forward`, :func:`_cell_backward`).
 
     Forward: ``inputs [B, C, T, H, W]`` (any strides), ``weight [4h, C + h, k, k]``,
     ``bias [4h] | None``, ``added_gates [B, T, 4h, H, W] | None`` -> hidden states
@@ -116,63 +141,98 @@ class _ConvLSTMSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs, weight, bias, added_gates, keep_for_backward: bool):
+    def forward(ctx, inputs, weight, bias, added_gates, keep_for_backward: bool, native: bool):
         batch, in_channels, steps, hh, ww = inputs.shape
         hidden, padding = weight.shape[0] // 4, weight.shape[-1] // 2
+        kernel = cell_kernel(inputs.dtype, inputs.device) if native else None
         weight = weight.contiguous(memory_format=torch.channels_last)
         hiddens = inputs.new_empty(batch, steps, hidden, hh, ww)
-        h = c = None
-        ctx.step_inputs, ctx.activated, ctx.cells, ctx.tanh_cells = [], [], [], []
-        for step in range(steps):
+
+        def conv_input(step: int) -> torch.Tensor:  # cat([x_t, .]) with H_{t-1} still to be written
             stacked = torch.empty(batch, in_channels + hidden, hh, ww, dtype=inputs.dtype, device=inputs.device,
                                   memory_format=torch.channels_last)
             stacked[:, :in_channels] = inputs[:, :, step]
-            if h is None:  # H_{-1} = 0
-                stacked[:, in_channels:] = 0
-            else:
-                stacked[:, in_channels:] = h
-            gates = torch.conv2d(stacked, weight, bias, 1, padding).contiguous()
+            return stacked
+
+        stacked = conv_input(0)
+        stacked[:, in_channels:] = 0  # H_{-1} = 0
+        c = None
+        ctx.step_inputs, ctx.activated, ctx.cells, ctx.tanh_cells = [], [], [], []
+        for step in range(steps):
+            gates = torch.conv2d(stacked, weight, bias, 1, padding)
             if added_gates is not None:
                 gates.add_(added_gates[:, step])
-            gates[:, : 2 * hidden].sigmoid_()
-            gates[:, 2 * hidden : 3 * hidden].tanh_()
-            gates[:, 3 * hidden :].sigmoid_()
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.mul(i, g) if c is None else torch.addcmul(f * c, i, g)  # S_{-1} = 0
-            tanh_c = torch.tanh(c)
-            h = hiddens[:, step]
-            torch.mul(o, tanh_c, out=h)
+            following = conv_input(step + 1) if step + 1 < steps else None
+            if kernel is not None:  # one pass: gates in place, S_t, tanh(S_t), H_t into both destinations
+                gates = gates.contiguous(memory_format=torch.channels_last)
+                c_new = torch.empty_like(gates[:, :hidden], memory_format=torch.channels_last)
+                tanh_c = torch.empty_like(c_new)
+                h_next = following[:, in_channels:] if following is not None else None
+                kernel.forward(gates, c, c_new, tanh_c, hiddens[:, step], h_next)
+                c = c_new
+            else:
+                gates, c, tanh_c = _torch_cell_forward(gates.contiguous(), c, out=hiddens[:, step])
+                if following is not None:
+                    following[:, in_channels:] = hiddens[:, step]
             if keep_for_backward:
                 ctx.step_inputs.append(stacked)
                 ctx.activated.append(gates)
                 ctx.cells.append(c)
                 ctx.tanh_cells.append(tanh_c)
+            stacked = following
         ctx.save_for_backward(weight)
-        ctx.has_bias, ctx.input_shape = bias is not None, inputs.shape
+        ctx.kernel, ctx.has_bias, ctx.input_shape = kernel, bias is not None, inputs.shape
         return hiddens
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hiddens):
         (weight,) = ctx.saved_tensors
+        kernel = ctx.kernel
         batch, in_channels, steps, _, _ = ctx.input_shape
         padding = weight.shape[-1] // 2
-        need_inputs, need_weight, _, need_added, _ = ctx.needs_input_grad
+        need_inputs, need_weight, _, need_added, _, _ = ctx.needs_input_grad
         grad_inputs = grad_hiddens.new_empty(ctx.input_shape) if need_inputs else None
         grad_added = None
         if need_added:
             grad_added = grad_hiddens.new_empty(batch, steps, weight.shape[0], *grad_hiddens.shape[3:])
         grad_weight = torch.zeros_like(weight)
         grad_bias = weight.new_zeros(weight.shape[0]) if ctx.has_bias else None
+        hidden_weight = weight[:, in_channels:].contiguous(memory_format=torch.channels_last)
+
+        def conv_backward(grad_output, conv_input, conv_weight, output_mask):
+            return torch.ops.aten.convolution_backward(
+                grad_output, conv_input, conv_weight, [weight.shape[0]], [1, 1], [padding, padding], [1, 1], False,
+                [0, 0], 1, output_mask,
+            )
+
         grad_h = grad_c = None  # dL/dH_t, dL/dS_t arriving through the recurrence
         for step in range(steps - 1, -1, -1):
-            dh = grad_hiddens[:, step] if grad_h is None else grad_h.add_(grad_hiddens[:, step])
             c_prev = ctx.cells[step - 1] if step > 0 else None
-            grad_gates, grad_c = _cell_backward(ctx.activated[step], ctx.tanh_cells[step], c_prev, dh, grad_c)
-            grad_stacked, grad_weight_step, grad_bias_step = torch.ops.aten.convolution_backward(
-                grad_gates, ctx.step_inputs[step], weight, [weight.shape[0]], [1, 1], [padding, padding],
-                [1, 1], False, [0, 0], 1, [step > 0 or need_inputs, need_weight, grad_bias is not None],
-            )
+            if kernel is not None:
+                act, tanh_c = ctx.activated[step], ctx.tanh_cells[step]
+                grad_gates = torch.empty_like(act, memory_format=torch.channels_last)
+                grad_c_prev = None
+                if step > 0:
+                    grad_c_prev = grad_c if grad_c is not None else torch.empty_like(tanh_c)
+                kernel.backward(act, tanh_c, c_prev, grad_hiddens[:, step], grad_h, grad_c, grad_c_prev, grad_gates)
+                grad_c = grad_c_prev
+            else:
+                dh = grad_hiddens[:, step] if grad_h is None else grad_h.contiguous().add_(grad_hiddens[:, step])
+                grad_gates, grad_c = _cell_backward(ctx.activated[step], ctx.tanh_cells[step], c_prev, dh, grad_c)
+            stacked = ctx.step_inputs[step]
+            if need_inputs or in_channels == 0:
+                grad_stacked, grad_weight_step, grad_bias_step = conv_backward(
+                    grad_gates, stacked, weight, [step > 0 or need_inputs, need_weight, grad_bias is not None]
+                )
+                grad_h = grad_stacked[:, in_channels:] if step > 0 else None
+            else:  # no gradient for x_t: the data gradient of the H_{t-1} channels alone is cheaper
+                _, grad_weight_step, grad_bias_step = conv_backward(
+                    grad_gates, stacked, weight, [False, need_weight, grad_bias is not None]
+                )
+                grad_h = None
+                if step > 0:
+                    grad_h = conv_backward(grad_gates, stacked[:, in_channels:], hidden_weight, [True, False, False])[0]
             if need_weight:
                 grad_weight.add_(grad_weight_step)
             if grad_bias is not None:
@@ -181,9 +241,7 @@ class _ConvLSTMSequence(torch.autograd.Function):
                 grad_added[:, step] = grad_gates
             if need_inputs:
                 grad_inputs[:, :, step] = grad_stacked[:, :in_channels]
-            if step > 0:
-                grad_h = grad_stacked[:, in_channels:].contiguous()
-        return grad_inputs, grad_weight.contiguous(), grad_bias, grad_added, None
+        return grad_inputs, grad_weight.contiguous(), grad_bias, grad_added, None, None
 
 
 class ConvLSTM(nn.Module):
@@ -196,6 +254,10 @@ class ConvLSTM(nn.Module):
     ``torch.randn_like(y)``, which copies the strides). ``stride`` > 1
     subsamples the input spatially in the input convolution (the C-LSTM of seed 001 uses stride
     2); the hidden state lives at the strided resolution.
+
+    ``native`` (default ``True``) runs the cell's pointwise arithmetic in the fused kernel of
+    :mod:`kinetoscope.layers.native` when it can be built (float32/float64 on CPU); ``False``, or no
+    C compiler, keeps it in PyTorch operations. Both compute the same function (tested).
     """
 
     def __init__(
@@ -205,6 +267,7 @@ class ConvLSTM(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         hidden_bias: bool = True,
+        native: bool = True,
     ):
         super().__init__()
         if kernel_size % 2 != 1:
@@ -213,6 +276,7 @@ class ConvLSTM(nn.Module):
         self.hidden_channels = hidden_channels
         self.kernel_size = kernel_size
         self.stride = stride
+        self.native = native
         pad = kernel_size // 2
         self.input_conv = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, stride=stride, padding=pad)
         self.hidden_conv = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=pad, bias=hidden_bias)
@@ -231,13 +295,13 @@ class ConvLSTM(nn.Module):
         keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         if self.stride == 1:  # one convolution over cat([x_t, H_{t-1}]) per step, as the baseline cell
             weight = torch.cat([self.input_conv.weight, weight], dim=1)
-            hiddens = _ConvLSTMSequence.apply(x, weight, bias, None, keep)
+            hiddens = _ConvLSTMSequence.apply(x, weight, bias, None, keep, self.native)
         else:  # strided input convolution for all steps at once; the state lives at H / stride
             frames = x.transpose(1, 2).reshape(b * t, c, h, w)
             x_gates = torch.conv2d(frames, self.input_conv.weight, None, self.stride, self.kernel_size // 2)
             x_gates = x_gates.view(b, t, *x_gates.shape[1:])
             no_inputs = x.new_empty(b, 0, t, *x_gates.shape[3:])
-            hiddens = _ConvLSTMSequence.apply(no_inputs, weight, bias, x_gates, keep)
+            hiddens = _ConvLSTMSequence.apply(no_inputs, weight, bias, x_gates, keep, self.native)
         return hiddens.transpose(1, 2)
 
 
