@@ -125,6 +125,57 @@ def test_ddp_on_two_cpu_processes(motion_dataset, tmp_path):
     assert summary["evaluations"]["val"]["n"] == 16
 
 
+_DDP_NAN_SCRIPT = """
+import sys, torch
+from torch import nn
+from kinetoscope.config import load_config
+from kinetoscope.registry import register_model
+from kinetoscope.train import fit
+
+class RankOneDiverges(nn.Module):
+    # NaN logits on rank 1 only, from its 2nd training forward pass on; rank 0 stays finite.
+    streams = ("rgb",)
+    explain_layer = "linear"
+
+    def __init__(self, num_classes, in_channels=1):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        logits = self.linear(x.mean(dim=(2, 3, 4)))
+        if self.training and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            self.calls += 1
+            if self.calls > 1:
+                return logits * float("nan")
+        return logits
+
+register_model("rank_one_diverges")(RankOneDiverges)
+if __name__ == "__main__":
+    fit(load_config(sys.argv[1]))
+"""
+
+
+def test_nan_loss_on_one_ddp_rank_stops_every_rank_without_hanging(motion_dataset, tmp_path):
+    cfg = _config(motion_dataset, tmp_path, name="ddp_nan", max_epochs=5, devices=2, strategy="ddp")
+    cfg = build_config({**cfg.model_dump(mode="json"), "model": {"name": "rank_one_diverges"}})
+    (tmp_path / "ddp_nan.yaml").write_text(cfg.to_yaml())
+    script = tmp_path / "train_ddp_nan.py"
+    script.write_text(_DDP_NAN_SCRIPT)
+    env = {**os.environ, "KINETOSCOPE_PLAIN": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ddp_nan.yaml")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp_nan" / "summary.json").read_text())
+    assert "non-finite loss at step 1" in summary["stopped_by"]
+    state = torch.load(tmp_path / "ddp_nan" / "checkpoints" / "last.ckpt", weights_only=True)
+    # one good update on both ranks, then step 1 ran (zero gradients) but no optimizer update, and stopped
+    assert state["global_step"] == 2
+    adam_steps = {float(v["step"]) for v in state["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {1.0}
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
 def test_two_stream_towers_each_get_their_own_loss(motion_dataset):
     from kinetoscope.config import OptimConfig
     from kinetoscope.train.module import VideoClassifier

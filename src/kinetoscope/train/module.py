@@ -61,16 +61,37 @@ class VideoClassifier(pl.LightningModule):
         else:
             logits = self(batch)
             loss = self._loss(logits, batch["label"])
-        if not torch.isfinite(loss):
+        nonfinite = not bool(torch.isfinite(loss))
+        if self._distributed:
+            # Under DDP every rank must skip together: a rank that runs backward alone would wait
+            # forever in the gradient all-reduce. One boolean all-reduce per step.
+            nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
+        if nonfinite:
             # Skip the update so the weights (and every checkpoint) stay the last good ones.
             self.nonfinite_step = int(self.global_step)
-            self.trainer.should_stop = True
-            return None
+            if self._trainer is not None:
+                self.trainer.should_stop = True
+            if not self._distributed:
+                return None
+            # Lightning refuses a skipped step under DDP: every rank backpropagates a zero loss (so the
+            # all-reduce completes) and optimizer_step leaves the weights alone.
+            return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
         self.train_acc(clip_logits(logits).argmax(-1), batch["label"])
         bs = len(batch["label"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
         return loss
+
+    @property
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if not self._distributed:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer_closure()  # training_step + backward (and DDP's gradient all-reduce) on every rank
+        if self.nonfinite_step is None:  # a non-finite loss on any rank: no update anywhere
+            optimizer.step()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch)
