@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,6 +200,17 @@ def test_kernel_is_built_once_into_the_cache_and_a_broken_compiler_falls_back(tm
     stamp = built.stat().st_mtime_ns
     assert native._build("cc") == built and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary left behind
+
+    locked = tmp_path / "locked"  # a cache that cannot be written (simulated: root ignores permissions)
+    monkeypatch.setenv("KINETOSCOPE_CACHE", str(locked))
+    real_access = os.access
+    monkeypatch.setattr(native.os, "access", lambda p, mode: False if Path(p).is_relative_to(locked)
+                        else real_access(p, mode))
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    elsewhere = native._build("cc")  # goes to a per-user temporary directory instead
+    assert elsewhere.parent == tmp_path / "tmp" / f"kinetoscope-native-{os.getuid()}" and elsewhere.exists()
+    monkeypatch.setattr(native.os, "access", real_access)
 
     monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path / "other"))
     monkeypatch.setenv("CC", "false")  # a compiler that always fails

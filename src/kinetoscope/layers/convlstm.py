@@ -39,10 +39,10 @@ over time (``reference_convlstm`` proves it in the tests) but
 
 Not kept (measured while developing it; figures in the issue note): ``torch.compile`` of the
 pointwise cell (no faster than the eager in-place cell here, and 1-2 minutes to compile on a busy
-2-core machine; the C kernel builds in under a second); separate input and hidden convolutions per step (slower than the one over the
-concatenation); the pointwise cell in channels-last (per-gate slices become 16-float runs, 3x
-slower); a batched weight gradient over all steps (no faster than per step, and it needs the big
-buffers).
+2-core machine; the C kernel builds in under a second); separate input and hidden convolutions per
+step (slower than the one over the concatenation); the PyTorch cell in channels-last (per-gate
+slices become 16-float runs, 3x slower); a batched weight gradient over all steps (no faster than
+per step, and it needs the big buffers).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ recurrent convolution at these widths. The kernel does each direction in one pas
 
 On first use the source is compiled with the machine's C compiler (``$CC``, else ``cc``) into the
 cache directory (``$KINETOSCOPE_CACHE``, else ``$XDG_CACHE_HOME/kinetoscope``, else
-``~/.cache/kinetoscope``) under a name hashing the source, the flags, the compiler and the CPU, so a
-cache shared between different machines never loads a library built for another CPU. The build
-writes to a temporary name and renames it, so concurrent processes (DDP ranks) are safe.
+``~/.cache/kinetoscope``; a per-user temporary directory if that is not writable) under a name
+hashing the source, the flags, the compiler and the CPU, so a cache shared between different machines
+never loads a library built for another CPU. The build writes to a temporary name and renames it, so
+concurrent processes (DDP ranks) are safe.
 
 Without a working compiler, or with ``KINETOSCOPE_NATIVE=0``, :func:`cell_kernel` returns ``None``
 and the layer uses its pure-PyTorch path (same numbers to rounding level; slower). The reason is
@@ -62,7 +63,17 @@ def _build(compiler: str) -> Path:
     target = cache_dir() / f"convlstm_cell-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):
+            raise PermissionError(f"{target.parent} is not writable")
+    except OSError as error:  # read-only home (some CI runners): build per user in the temp directory
+        fallback = Path(tempfile.gettempdir()) / f"kinetoscope-native-{os.getuid()}" / target.name
+        log.info("kernel cache %s unusable (%s); using %s", target.parent, error, fallback.parent)
+        target = fallback
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
