@@ -135,7 +135,9 @@ class CellKernel:
         (any collapsible layout) and, if given, to ``h_next`` (a channels-last slice)."""
         batch, hidden, height, width = c.shape
         ho = _bcp_strides(h_out)
-        hn = _bcp_strides(h_next) if h_next is not None else (0, 0, 0)
+        hn = _bcp_strides(h_next) if h_next is not None else (0, 1, 0)
+        if hn[1] != 1:
+            raise ValueError(f"cell kernel: h_next must be a channels-last slice, got strides {h_next.stride()}")
         self._forward(batch, height * width, hidden, gates.data_ptr(), _pointer(c_prev), c.data_ptr(),
                       tanh_c.data_ptr(), h_out.data_ptr(), ho[0], ho[1], ho[2], _pointer(h_next), hn[0], hn[2],
                       torch.get_num_threads())
