@@ -225,3 +225,21 @@ def test_kernel_is_built_once_into_the_cache_and_a_broken_compiler_falls_back(tm
         torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
     finally:
         native._library.cache_clear()
+
+
+def test_a_damaged_kernel_in_the_cache_is_rebuilt(tmp_path, monkeypatch):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path))
+    built = native._build("cc")
+    built.write_bytes(built.read_bytes()[:100])  # truncated, as after a full disk
+    native._library.cache_clear()
+    try:
+        assert native.cell_kernel(torch.float64, torch.device("cpu")) is not None
+        assert built.stat().st_size > 1000
+        torch.manual_seed(10)
+        layer = ConvLSTM(2, 3).double()
+        x = torch.randn(1, 2, 3, 5, 5, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
+    finally:
+        native._library.cache_clear()

@@ -94,7 +94,13 @@ def _library() -> ctypes.CDLL | None:
         log.warning("no C compiler found (set CC): ConvLSTM uses its slower pure-PyTorch path")
         return None
     try:
-        library = ctypes.CDLL(str(_build(compiler)))
+        built = _build(compiler)
+        try:
+            library = ctypes.CDLL(str(built))
+        except OSError as error:  # a damaged file in the cache (e.g. truncated): build it again, once
+            log.warning("cached kernel %s does not load (%s); rebuilding it", built, error)
+            built.unlink(missing_ok=True)
+            library = ctypes.CDLL(str(_build(compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         log.warning("fused ConvLSTM kernel unavailable (%s): using the slower pure-PyTorch path", error)
         return None
