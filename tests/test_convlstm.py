@@ -199,7 +199,8 @@ def test_kernel_is_built_once_into_the_cache_and_a_broken_compiler_falls_back(tm
     assert built.parent == tmp_path / "native" and built.suffix == ".so"
     stamp = built.stat().st_mtime_ns
     assert native._build("cc") == built and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary left behind
+    # the library and its digest, no temporary left behind
+    assert sorted(p.name for p in built.parent.iterdir()) == sorted([built.name, built.with_suffix(".sha256").name])
 
     locked = tmp_path / "locked"  # a cache that cannot be written (simulated: root ignores permissions)
     monkeypatch.setenv("KINETOSCOPE_CACHE", str(locked))
@@ -232,7 +233,8 @@ def test_a_damaged_kernel_in_the_cache_is_rebuilt(tmp_path, monkeypatch):
         pytest.skip("no C compiler here")
     monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path))
     built = native._build("cc")
-    built.write_bytes(built.read_bytes()[:100])  # truncated, as after a full disk
+    # truncated, as after a full disk: dlopen of such a file can die of SIGBUS, so the digest catches it
+    built.write_bytes(built.read_bytes()[:20000])
     native._library.cache_clear()
     try:
         assert native.cell_kernel(torch.float64, torch.device("cpu")) is not None
@@ -243,3 +245,53 @@ def test_a_damaged_kernel_in_the_cache_is_rebuilt(tmp_path, monkeypatch):
         torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
     finally:
         native._library.cache_clear()
+
+
+def test_loading_the_kernel_keeps_subnormal_floats():
+    # A -ffast-math shared library would switch the process to flush-to-zero when loaded.
+    assert native.cell_kernel(torch.float32, torch.device("cpu")) is not None or shutil.which("cc") is None
+    assert 5e-324 * 1.0 > 0.0
+    assert (torch.tensor([1e-40]) * 1.0).item() > 0.0
+
+
+def test_saturated_gates_keep_their_tail_values_in_float32():
+    # sigmoid(-20) = 2.06e-9 must not round to 0 (it would if computed as 0.5 + 0.5 tanh(x / 2)).
+    layer = ConvLSTM(1, 1, 1)
+    with torch.no_grad():
+        layer.input_conv.weight.copy_(torch.tensor([-20.0, 0.0, 1.0, 5.0]).view(4, 1, 1, 1))
+        layer.input_conv.bias.zero_()
+        layer.hidden_conv.weight.zero_()
+        layer.hidden_conv.bias.zero_()
+    x = torch.ones(1, 1, 2, 1, 1, requires_grad=True)
+    fast = layer(x)
+    want = reference_convlstm(layer, x)
+    assert want.flatten()[0] > 1e-9
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=0)
+    grad_fast = torch.autograd.grad(fast.sum(), layer.input_conv.weight)[0]
+    grad_want = torch.autograd.grad(want.sum(), layer.input_conv.weight)[0]
+    torch.testing.assert_close(grad_fast, grad_want, rtol=1e-4, atol=0)
+
+
+def test_output_gradient_in_any_layout_and_in_place_use_of_the_output():
+    torch.manual_seed(11)
+    layer = ConvLSTM(3, 4).double()
+    x = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 4, 5, 7, 6, dtype=torch.float64)
+    for forward in (layer, lambda v: reference_convlstm(layer, v)):
+        y = forward(x).transpose(-1, -2)  # H and W swapped: the gradient's H and W do not collapse
+        (y * weights).sum().backward()
+    grads = x.grad.clone()
+    x.grad = None
+    (reference_convlstm(layer, x).transpose(-1, -2) * weights).sum().backward()
+    torch.testing.assert_close(grads, 2 * x.grad, rtol=1e-10, atol=1e-12)
+    y = layer(x)
+    torch.nn.functional.relu(y, inplace=True).sum().backward()  # allowed on the layer's output
+
+
+def test_a_cache_directory_others_can_write_to_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could plant a library here
+    with pytest.raises(PermissionError, match="writable by others"):
+        native._private_dir(shared)
+    assert native._private_dir(tmp_path / "mine").stat().st_mode & 0o777 == 0o700

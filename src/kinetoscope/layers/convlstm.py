@@ -136,7 +136,7 @@ class _ConvLSTMSequence(torch.autograd.Function):
 
     Forward: ``inputs [B, C, T, H, W]`` (any strides), ``weight [4h, C + h, k, k]``,
     ``bias [4h] | None``, ``added_gates [B, T, 4h, H, W] | None`` -> hidden states
-    ``[B, T, h, H, W]``. With ``keep_for_backward`` it keeps, per step, the convolution's input,
+    ``[B, T, H, W, h]`` (contiguous). With ``keep_for_backward`` it keeps, per step, the convolution's input,
     the activated gates, the cell state and its tanh.
     """
 
@@ -146,8 +146,10 @@ class _ConvLSTMSequence(torch.autograd.Function):
         hidden, padding = weight.shape[0] // 4, weight.shape[-1] // 2
         kernel = cell_kernel(inputs.dtype, inputs.device) if native else None
         weight = weight.contiguous(memory_format=torch.channels_last)
-        # [B, T, h, H, W] over NHWC memory: per-frame consumers (pooling, BatchNorm) get channels-last
-        hiddens = inputs.new_empty(batch, steps, hh, ww, hidden).permute(0, 1, 4, 2, 3)
+        # [B, T, h, H, W] over NHWC memory: per-frame consumers (pooling, BatchNorm) get channels-last.
+        # The Function returns the base buffer (a view made in here could not be modified in place).
+        buffer = inputs.new_empty(batch, steps, hh, ww, hidden)
+        hiddens = buffer.permute(0, 1, 4, 2, 3)
 
         def conv_input(step: int) -> torch.Tensor:  # cat([x_t, .]) with H_{t-1} still to be written
             stacked = torch.empty(batch, in_channels + hidden, hh, ww, dtype=inputs.dtype, device=inputs.device,
@@ -183,11 +185,12 @@ class _ConvLSTMSequence(torch.autograd.Function):
             stacked = following
         ctx.save_for_backward(weight)
         ctx.kernel, ctx.has_bias, ctx.input_shape = kernel, bias is not None, inputs.shape
-        return hiddens
+        return buffer
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hiddens):
+    def backward(ctx, grad_buffer):
+        grad_hiddens = grad_buffer.permute(0, 1, 4, 2, 3)  # [B, T, H, W, h] -> [B, T, h, H, W]
         (weight,) = ctx.saved_tensors
         kernel = ctx.kernel
         batch, in_channels, steps, _, _ = ctx.input_shape
@@ -304,7 +307,7 @@ class ConvLSTM(nn.Module):
             x_gates = x_gates.view(b, t, *x_gates.shape[1:])
             no_inputs = x.new_empty(b, 0, t, *x_gates.shape[3:])
             hiddens = _ConvLSTMSequence.apply(no_inputs, weight, bias, x_gates, keep, self.native)
-        return hiddens.transpose(1, 2)
+        return hiddens.permute(0, 4, 1, 2, 3)  # [B, T, H, W, h] -> [B, h, T, H, W]
 
 
 def reference_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:

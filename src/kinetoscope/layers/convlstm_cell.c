@@ -1,6 +1,7 @@
 /* Fused pointwise ConvLSTM cell, forward and backward (seed 000 [T] Eq. 4.5-4.10), for
  * kinetoscope.layers.convlstm. Compiled on first use by kinetoscope.layers.native with the machine's
- * C compiler (-O3 -march=native -ffast-math -fopenmp); loaded with ctypes.
+ * C compiler (-O3 -march=native -fno-math-errno -fopenmp; deliberately not -ffast-math, whose
+ * start-up code would switch the whole thread to flush-to-zero); loaded with ctypes.
  *
  * One pass over memory per step instead of the ~7 (forward) and ~10 (backward) passes of the
  * equivalent torch operations, reading the convolution's channels-last output directly and writing
@@ -8,14 +9,23 @@
  *
  * Layouts: "NHWC" arrays are [batch * pixels, channels] contiguous (pixels = H * W); gates are
  * [batch * pixels, 4 * hidden] in the order input, forget, candidate, output. Arrays given with
- * strides (b, c, p) may have any layout whose H and W dimensions collapse into one pixel stride.
- * sigmoid(x) is evaluated as 0.5 + 0.5 tanh(x / 2) (bounded, vectorised by libmvec); the result
- * matches torch's sigmoid to rounding level.
+ * strides (b, c, p) may have any layout whose H and W dimensions collapse into one pixel index.
+ * sigmoid(x) = 1 / (1 + exp(-x)) in IEEE arithmetic (exp overflows to inf and gives exactly 0 in the
+ * negative tail, as torch does); exp and tanh are vectorised through glibc's libmvec, declared below.
  */
 #include <math.h>
 #include <stdint.h>
 
-#define DEFINE_CELL(T, SUFFIX, TANH, HALF, ONE)                                                      \
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+double exp(double);
+#pragma omp declare simd notinbranch
+float tanhf(float);
+#pragma omp declare simd notinbranch
+double tanh(double);
+
+#define DEFINE_CELL(T, SUFFIX, EXP, TANH, ONE)                                                      \
   void cell_forward_##SUFFIX(int64_t batch, int64_t pixels, int64_t hidden, T *gates,                \
                              const T *c_prev, T *c, T *tanh_c, T *h_out, int64_t ho_b, int64_t ho_c,  \
                              int64_t ho_p, T *h_next, int64_t hn_b, int64_t hn_p, int threads) {      \
@@ -29,16 +39,16 @@
         const T *cp = c_prev + idx * hidden;                                                         \
         _Pragma("omp simd")                                                                          \
         for (int64_t k = 0; k < hidden; k++) {                                                       \
-          T i = HALF + HALF * TANH(HALF * gi[k]), f = HALF + HALF * TANH(HALF * gf[k]);             \
-          T g = TANH(gg[k]), o = HALF + HALF * TANH(HALF * go[k]);                                   \
+          T i = ONE / (ONE + EXP(-gi[k])), f = ONE / (ONE + EXP(-gf[k]));                           \
+          T g = TANH(gg[k]), o = ONE / (ONE + EXP(-go[k]));                                          \
           T s = f * cp[k] + i * g;                                                                   \
           gi[k] = i, gf[k] = f, gg[k] = g, go[k] = o, cc[k] = s, tc[k] = TANH(s);                    \
         }                                                                                            \
       } else { /* S_{-1} = 0: the forget gate multiplies nothing */                                  \
         _Pragma("omp simd")                                                                          \
         for (int64_t k = 0; k < hidden; k++) {                                                       \
-          T i = HALF + HALF * TANH(HALF * gi[k]), f = HALF + HALF * TANH(HALF * gf[k]);             \
-          T g = TANH(gg[k]), o = HALF + HALF * TANH(HALF * go[k]);                                   \
+          T i = ONE / (ONE + EXP(-gi[k])), f = ONE / (ONE + EXP(-gf[k]));                           \
+          T g = TANH(gg[k]), o = ONE / (ONE + EXP(-go[k]));                                          \
           T s = i * g;                                                                               \
           gi[k] = i, gf[k] = f, gg[k] = g, go[k] = o, cc[k] = s, tc[k] = TANH(s);                    \
         }                                                                                            \
@@ -88,5 +98,5 @@
     }                                                                                                \
   }
 
-DEFINE_CELL(float, f32, tanhf, 0.5f, 1.0f)
-DEFINE_CELL(double, f64, tanh, 0.5, 1.0)
+DEFINE_CELL(float, f32, expf, tanhf, 1.0f)
+DEFINE_CELL(double, f64, exp, tanh, 1.0)
