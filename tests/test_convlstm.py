@@ -184,7 +184,7 @@ def test_kernel_gradient_accepts_expanded_and_transposed_output_gradients():
 
 
 def test_kernel_propagates_nan_inputs_instead_of_hiding_them():
-    # Built with -ffast-math: a NaN must still reach the loss so training can stop on it.
+    # A NaN must reach the loss so training can stop on it (the kernel must not assume finite math).
     layer = ConvLSTM(1, 2)
     x = torch.zeros(1, 1, 3, 4, 4)
     x[0, 0, 1, 2, 2] = float("nan")
