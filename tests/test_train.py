@@ -75,6 +75,23 @@ def test_resume_continues_from_the_last_checkpoint(motion_dataset, tmp_path):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4 * 4
 
 
+def test_cosine_schedule_follows_seed_002_formula_per_step(motion_dataset, tmp_path):
+    import math
+
+    cfg = _config(motion_dataset, tmp_path, max_epochs=3, patience=3)
+    cfg = build_config({**cfg.model_dump(mode="json"),
+                        "optim": {"name": "sgd", "lr": 0.1, "schedule": "cosine", "warmup_steps": 6}})
+    run = fit(cfg)
+    lrs = [float(r["lr"]) for r in _rows(run / "metrics.csv")]
+    steps_per_epoch, total = 4, 12  # 32 clips, batch 8, 3 epochs
+    # the lr after epoch e's last step n = 4 (e + 1): lr0 * ramp * 1/2 (1 + cos(pi n / n_max)), where the
+    # linear warm-up ramp min(1, (n + 1) / 6) is still 5/6 after the first epoch
+    ramp = [5 / 6, 1.0, 1.0]
+    expected = [0.1 * ramp[e] * 0.5 * (1 + math.cos(math.pi * steps_per_epoch * (e + 1) / total)) for e in range(3)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 class _Diverging(nn.Module):
     """Returns NaN logits from its 4th training forward pass on."""
 

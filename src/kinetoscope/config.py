@@ -55,6 +55,10 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(1e-5, ge=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: lr * 1/2 (1 + cos(pi n / n_max)) per step over max_epochs (seed 002)"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the cosine (seed 002: 8k)")
 
 
 class TrainConfig(_Strict):

@@ -106,6 +106,21 @@ class VideoClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim_config
+        optimizer = self._optimizer(o)
+        if o.schedule == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = o.warmup_steps
+
+        def factor(step: int) -> float:
+            """Seed 002: lr0 * 1/2 (1 + cos(pi n / n_max)), after a linear warm-up of ``warmup`` steps."""
+            ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+            return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _optimizer(self, o: OptimConfig) -> torch.optim.Optimizer:
         params = self.model.parameters()
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
