@@ -191,6 +191,13 @@ def test_kernel_propagates_nan_inputs_instead_of_hiding_them():
     assert torch.isnan(layer(x)[:, :, 1:]).any()
 
 
+def _assert_layer_matches_reference(seed: int) -> None:
+    torch.manual_seed(seed)
+    layer = ConvLSTM(2, 3).double()
+    x = torch.randn(1, 2, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
+
+
 def test_kernel_is_built_once_into_the_cache_and_a_broken_compiler_falls_back(tmp_path, monkeypatch, caplog):
     if shutil.which("cc") is None:
         pytest.skip("no C compiler here")
@@ -220,10 +227,7 @@ def test_kernel_is_built_once_into_the_cache_and_a_broken_compiler_falls_back(tm
         with caplog.at_level(logging.WARNING, logger="kinetoscope.layers.native"):
             assert native.cell_kernel(torch.float32, torch.device("cpu")) is None
         assert "pure-PyTorch path" in caplog.text
-        torch.manual_seed(9)
-        layer = ConvLSTM(2, 3).double()
-        x = torch.randn(1, 2, 3, 5, 5, dtype=torch.float64)
-        torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
+        _assert_layer_matches_reference(seed=9)
     finally:
         native._library.cache_clear()
 
@@ -239,10 +243,7 @@ def test_a_damaged_kernel_in_the_cache_is_rebuilt(tmp_path, monkeypatch):
     try:
         assert native.cell_kernel(torch.float64, torch.device("cpu")) is not None
         assert built.stat().st_size > 1000
-        torch.manual_seed(10)
-        layer = ConvLSTM(2, 3).double()
-        x = torch.randn(1, 2, 3, 5, 5, dtype=torch.float64)
-        torch.testing.assert_close(layer(x), reference_convlstm(layer, x))
+        _assert_layer_matches_reference(seed=10)
     finally:
         native._library.cache_clear()
 
