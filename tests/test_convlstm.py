@@ -296,3 +296,17 @@ def test_a_cache_directory_others_can_write_to_is_refused(tmp_path, monkeypatch)
     with pytest.raises(PermissionError, match="writable by others"):
         native._private_dir(shared)
     assert native._private_dir(tmp_path / "mine").stat().st_mode & 0o777 == 0o700
+
+
+def test_frozen_weights_with_trainable_biases_get_the_reference_bias_gradients():
+    # Head-style fine-tuning: only some parameters train; backward skips what nobody asked for.
+    torch.manual_seed(12)
+    layer = ConvLSTM(2, 3).double()
+    layer.input_conv.weight.requires_grad_(False)
+    layer.hidden_conv.weight.requires_grad_(False)
+    x = torch.randn(2, 2, 4, 5, 5, dtype=torch.float64)
+    biases = [layer.input_conv.bias, layer.hidden_conv.bias]
+    fast = torch.autograd.grad(layer(x).pow(2).sum(), biases)
+    want = torch.autograd.grad(reference_convlstm(layer, x).pow(2).sum(), biases)
+    for got, expected in zip(fast, want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

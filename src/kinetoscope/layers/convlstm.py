@@ -136,8 +136,8 @@ class _ConvLSTMSequence(torch.autograd.Function):
 
     Forward: ``inputs [B, C, T, H, W]`` (any strides), ``weight [4h, C + h, k, k]``,
     ``bias [4h] | None``, ``added_gates [B, T, 4h, H, W] | None`` -> hidden states
-    ``[B, T, H, W, h]`` (contiguous). With ``keep_for_backward`` it keeps, per step, the convolution's input,
-    the activated gates, the cell state and its tanh.
+    ``[B, T, H, W, h]`` (contiguous). With ``keep_for_backward`` it keeps, per step, the
+    convolution's input, the activated gates, the cell state and its tanh.
     """
 
     @staticmethod
@@ -202,7 +202,9 @@ class _ConvLSTMSequence(torch.autograd.Function):
             grad_added = grad_hiddens.new_empty(batch, steps, weight.shape[0], *grad_hiddens.shape[3:])
         grad_weight = torch.zeros_like(weight)
         grad_bias = weight.new_zeros(weight.shape[0]) if ctx.has_bias else None
-        hidden_weight = weight[:, in_channels:].contiguous(memory_format=torch.channels_last)
+        split = not need_inputs and in_channels > 0  # no gradient for x: H_{t-1}'s data gradient alone
+        hidden_weight = weight[:, in_channels:].contiguous(memory_format=torch.channels_last) if split else None
+        grad_weight_step = grad_bias_step = None
 
         def conv_backward(grad_output, conv_input, conv_weight, output_mask):
             return torch.ops.aten.convolution_backward(
@@ -225,15 +227,16 @@ class _ConvLSTMSequence(torch.autograd.Function):
                 dh = grad_hiddens[:, step] if grad_h is None else grad_h.contiguous().add_(grad_hiddens[:, step])
                 grad_gates, grad_c = _cell_backward(ctx.activated[step], ctx.tanh_cells[step], c_prev, dh, grad_c)
             stacked = ctx.step_inputs[step]
-            if need_inputs or in_channels == 0:
+            if not split:
                 grad_stacked, grad_weight_step, grad_bias_step = conv_backward(
                     grad_gates, stacked, weight, [step > 0 or need_inputs, need_weight, grad_bias is not None]
                 )
                 grad_h = grad_stacked[:, in_channels:] if step > 0 else None
-            else:  # no gradient for x_t: the data gradient of the H_{t-1} channels alone is cheaper
-                _, grad_weight_step, grad_bias_step = conv_backward(
-                    grad_gates, stacked, weight, [False, need_weight, grad_bias is not None]
-                )
+            else:  # mkldnn pads 17 input channels to 32: the full data gradient would cost 1.6x as much
+                if need_weight or grad_bias is not None:
+                    _, grad_weight_step, grad_bias_step = conv_backward(
+                        grad_gates, stacked, weight, [False, need_weight, grad_bias is not None]
+                    )
                 grad_h = None
                 if step > 0:
                     grad_h = conv_backward(grad_gates, stacked[:, in_channels:], hidden_weight, [True, False, False])[0]
@@ -256,9 +259,8 @@ class ConvLSTM(nn.Module):
     ``channels_last_3d``, and per-frame consumers (``x.transpose(1, 2).reshape(B * T, ...)``) get a
     channels-last ``[B*T, hidden, H', W']`` view without a copy, where PyTorch's pooling and
     BatchNorm kernels are 2x faster than on NCHW (it is not contiguous: use ``reshape``, not
-    ``view``). ``stride`` > 1
-    subsamples the input spatially in the input convolution (the C-LSTM of seed 001 uses stride
-    2); the hidden state lives at the strided resolution.
+    ``view``). ``stride`` > 1 subsamples the input spatially in the input convolution (the C-LSTM of
+    seed 001 uses stride 2); the hidden state lives at the strided resolution.
 
     ``native`` (default ``True``) runs the cell's pointwise arithmetic in the fused kernel of
     :mod:`kinetoscope.layers.native` when it can be built (float32/float64 on CPU); ``False``, or no
