@@ -181,6 +181,25 @@ def test_dataset_is_written_losslessly_with_flow_and_resumes(tmp_path):
         make_appearance_free_dataset(src, out, seed=6)
 
 
+def test_one_frame_video_gets_zero_flow_and_a_bad_flow_method_writes_nothing(tmp_path):
+    from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.data.index import VideoRecord
+
+    src = DatasetStore(tmp_path / "src")
+    src.write_frames("still", np.full((1, 8, 8, 1), 100, np.uint8))
+    src.write_records([VideoRecord(video_id="still", label="a")])
+    src.write_meta({"name": "one", "classes": ["a"]})
+    with pytest.raises(KeyError, match="no-such-flow"):
+        make_appearance_free_dataset(src.root, tmp_path / "bad", flow_method="no-such-flow")
+    assert not (tmp_path / "bad").exists()
+    store = DatasetStore(make_appearance_free_dataset(src.root, tmp_path / "af"))
+    flow = store.read_flow("still")  # the dataset says it has flow, so every video has it
+    assert flow.shape == (1, 8, 8, 2) and not flow.any()
+    before = store.flow_path("still").stat().st_mtime_ns
+    make_appearance_free_dataset(src.root, tmp_path / "af")  # resume: nothing left to do
+    assert store.flow_path("still").stat().st_mtime_ns == before
+
+
 def _seed(seed: int, vid: str):
     from kinetoscope.synth.appearance_free import video_seed
 

@@ -57,6 +57,10 @@ def test_every_command_of_design_md_exists():
     groups = {g.name for g in app.registered_groups}
     assert {"demo", "train", "evaluate", "predict", "cv", "explain", "report"} <= commands
     assert {"synth", "data", "models", "suite"} <= groups
+    sub = {g.name: {c.name for c in g.typer_instance.registered_commands} for g in app.registered_groups}
+    assert {"temporal-shapes", "appearance-free"} <= sub["synth"] and {"prepare", "inspect"} <= sub["data"]
+    assert {"list", "info", "import"} <= sub["models"]
+    assert {"temporal-shapes", "reversal", "appearance-free"} <= sub["suite"]
 
 
 def test_train_then_evaluate_on_reversed_clips(tmp_path, motion_dataset):
@@ -80,3 +84,17 @@ def test_train_then_evaluate_on_reversed_clips(tmp_path, motion_dataset):
     result = runner.invoke(app, ["report", str(tmp_path / "r")])
     assert result.exit_code == 0 and (tmp_path / "r" / "report.html").is_file()
     assert "data:image/gif;base64" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_options_a_command_would_ignore_are_refused(tmp_path):
+    cfg = _write(tmp_path, "data: {root: /x}\n")
+    result = runner.invoke(app, ["cv", "--config", str(cfg), "--target", str(tmp_path), "--epochs", "3"])
+    assert result.exit_code == 2 and "--target, --epochs has no effect with --protocol loso" in result.output
+    result = runner.invoke(app, ["cv", "--config", str(cfg), "--protocol", "transfer", "--no-resume"])
+    assert result.exit_code == 2 and "--no-resume" in result.output
+    result = runner.invoke(app, ["cv", "--config", str(cfg), "--protocol", "kfold"])
+    assert result.exit_code == 2 and "'kfold'" in result.output
+    result = runner.invoke(app, ["predict", str(tmp_path), "v.mp4", "--frame-aggregation", "median"])
+    assert result.exit_code == 2 and "'median'" in result.output
+    result = runner.invoke(app, ["synth", "domains", str(tmp_path), str(tmp_path / "o"), "--fill", "1,2,x"])
+    assert result.exit_code == 2 and "--fill '1,2,x'" in result.output

@@ -52,3 +52,9 @@ def test_model_option_typo_is_reported_with_the_valid_options():
         create_model("cnn3d", 5, 1, hiden=8)
     with pytest.raises(KeyError, match="unknown model 'convlstn'.*convlstm"):
         create_model("convlstn", 5)
+
+
+def test_quoted_override_stays_a_string():
+    assert parse_override("name='007'") == (["name"], "007")
+    assert parse_override('optim.lr="1e-3"') == (["optim", "lr"], "1e-3")
+    assert build_config({"data": {"root": "/x"}}, ["name='007'"]).name == "007"

@@ -272,3 +272,25 @@ def test_two_stream_beats_chance_and_rgb_only_on_motion_defined_subjects(tmp_pat
     print(f"LOSO clip macro-F1: convlstm2 (rgb+flow) {two:.3f}, convlstm1 (rgb) {rgb:.3f}")
     assert two >= 0.8
     assert rgb < two
+
+
+def test_evaluate_scores_counts_clips_and_aggregates_each_video() -> None:
+    from kinetoscope.suites.cv import evaluate_scores
+
+    out = {  # video a (label x): 2 weak y clips, 1 confident x clip; video b (label y): 1 y clip
+        "scores": np.array([[0.4, 0.6], [0.4, 0.6], [0.95, 0.05], [0.3, 0.7]]),
+        "labels": np.array([0, 0, 0, 1]),
+        "video_id": ["a", "a", "a", "b"],
+        "subject": ["1", "1", "1", "2"],
+        "clip_index": np.array([0, 1, 2, 0]),
+    }
+    metrics, clip_rows, video_rows = evaluate_scores(out, ["x", "y"], top_fraction=0.3)
+    assert metrics["clip"]["accuracy"] == pytest.approx(0.5)
+    assert [r[4] for r in clip_rows] == ["y", "y", "x", "y"]
+    rows = {r[0]: r for r in video_rows}
+    assert rows["a"][:4] == ["a", "1", "x", 3] and rows["b"][:4] == ["b", "2", "y", 1]
+    # columns per method: pred, score_x, score_y (vote, mean, topk)
+    assert rows["a"][4] == "y" and rows["a"][7] == "x" and rows["a"][10] == "x"  # vote / mean / top-1 clip
+    assert rows["a"][8] == pytest.approx((0.4 + 0.4 + 0.95) / 3)
+    assert metrics["video"]["vote"]["accuracy"] == pytest.approx(0.5)
+    assert metrics["video"]["mean"]["accuracy"] == pytest.approx(1.0)

@@ -50,6 +50,16 @@ def test_csv_unknown_label_is_an_error_or_a_problem_row(tmp_path: Path) -> None:
     assert [p[1].split(";")[0] for p in problems] == ["unknown label 'pian'", "empty 'label'"]
 
 
+def test_csv_video_id_that_is_not_file_name_safe_is_a_problem_row(tmp_path: Path) -> None:
+    table = tmp_path / "ids.csv"
+    table.write_text("path,label,video_id\na.mp4,x,../../escape\nb.mp4,x,horse1/v2\nc.mp4,x,horse_1.v-3\n")
+    problems: list[tuple[str, str]] = []
+    records = read_csv(table, problems=problems)
+    assert [r.video_id for r in records] == ["horse_1.v-3"]
+    assert [p[0].split(" ")[-1] for p in problems] == ["(a.mp4)", "(b.mp4)"]
+    assert "video_id '../../escape' is not file-name safe" in problems[0][1] and "'horse1_v2'" in problems[1][1]
+
+
 def test_csv_bad_segment_times_are_problems(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text("path,label,start,end\na.mp4,x,5,2\nb.mp4,x,abc,\nc.mp4,x,1,2\n")
@@ -74,6 +84,16 @@ def test_class_folders(tmp_path: Path) -> None:
         ("walk", "b.avi"),
     ]
     assert len(problems) == 1 and "readme.txt" in problems[0][0]
+    declared: list[tuple[str, str]] = []
+    walking = load_annotations(tmp_path, format="folders", classes=["walk"], problems=declared)
+    assert [r.label for r in walking] == ["walk", "walk"]
+    assert [(Path(p).name, why) for p, why in declared[1:]] == [
+        ("c.mkv", "unknown label 'run'; accepted: ['walk']"),
+        ("frames_d", "unknown label 'run'; accepted: ['walk']"),
+    ]
+    (tmp_path / "run" / "readme.txt").unlink()
+    with pytest.raises(AnnotationError, match="c.mkv: unknown label 'run'"):
+        load_annotations(tmp_path, format="folders", classes=["walk"])
 
 
 def test_ucf101_official_split_with_groups_as_subjects() -> None:
@@ -141,6 +161,18 @@ def test_kth_sequences_file_gives_one_record_per_sequence(tmp_path: Path) -> Non
     assert (boxing[1].start, boxing[1].end) == (95 / 25, 185 / 25)
     assert len(records) == 4 + 2 + 1
     assert len(problems) == 1 and "person12_jogging_d3" in problems[0][1]
+
+
+def test_declared_classes_restrict_an_official_format_too(tmp_path: Path) -> None:
+    _kth_tree(tmp_path)
+    problems: list[tuple[str, str]] = []
+    records = load_annotations(tmp_path, format="kth", classes=["boxing", "walking"], problems=problems)
+    assert sorted(r.label for r in records) == ["boxing", "walking"]
+    assert sorted((Path(p).name, why.split(";")[0]) for p, why in problems) == [
+        ("person12_jogging_d3_uncomp.avi", "unknown label 'jogging'"),
+        ("person17_running_d4_uncomp.avi", "unknown label 'running'"),
+    ]
+    assert problems[0][1].endswith("accepted: ['boxing', 'walking']")
 
 
 def test_unknown_format_lists_the_accepted_ones() -> None:

@@ -113,3 +113,15 @@ def test_datamodule_with_loso_fold_is_reproducible(tmp_path: Path) -> None:
     dm = VideoDataModule(tmp_path, frames=6, fold=fold)
     dm.setup()
     assert {r.subject for r in dm.datasets["test"].records} == set(fold.test_subjects)
+
+
+def test_a_non_numeric_annotation_value_names_the_file_video_and_column(tmp_path: Path) -> None:
+    store = make_store(tmp_path, [5, 5])
+    text = store.annotations_path.read_text().splitlines()
+    columns = text[0].split(",")
+    row = text[2].split(",")
+    row[columns.index("num_frames")] = "five"
+    store.annotations_path.write_text("\n".join([text[0], text[1], ",".join(row)]) + "\n")
+    expected = r"annotations\.csv: video 'v1': column 'num_frames' must be a number, got 'five'"
+    with pytest.raises(ValueError, match=expected):
+        ClipDataset(tmp_path)

@@ -11,6 +11,7 @@ from kinetoscope.data.transforms import (
     GaussianShading,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    Resize,
     eval_transforms,
     train_transforms,
 )
@@ -79,3 +80,14 @@ def test_eval_view_is_deterministic_centre() -> None:
     out, _ = eval_transforms((20, 20))(video)
     assert out.shape == (3, 2, 20, 20)
     assert torch.equal(Compose([CenterCrop(10)])(video)[0], video[..., 10:20, 20:30])
+
+
+def test_resize_shorter_side_matches_data_prepare_and_scales_flow_vectors() -> None:
+    from kinetoscope.data.video import output_size
+
+    video, flow = torch.rand(3, 2, 30, 45), torch.ones(2, 2, 30, 45)
+    out, out_flow = Resize(20)(video, flow)
+    assert tuple(out.shape[-2:]) == output_size(30, 45, 20) == (20, 30)
+    assert torch.allclose(out_flow, torch.full_like(out_flow, 20 / 30), atol=1e-5)  # vectors shrink with the frame
+    exact, _ = Resize((10, 12))(video)
+    assert exact.shape == (3, 2, 10, 12)

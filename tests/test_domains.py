@@ -84,6 +84,9 @@ def test_domain_datasets_from_masks_and_boxes(tmp_path):
     for domain, root in roots.items():
         np.testing.assert_array_equal(DatasetStore(root).read_frames("v1"), expected[domain])
         assert DatasetStore(root).meta()["domain"] == domain
+    np.save(masks_dir / "v0.npy", np.zeros((3, 16, 16), bool))  # a mask of another resolution
+    with pytest.raises(ValueError, match=r"v0\.npy is \(3, 16, 16\); video 'v0' needs \[T, H, W\] = \(3, 32, 32\)"):
+        make_domain_datasets(store.root, tmp_path / "wrong", masks_dir=masks_dir)
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("video_id,frame,x0,y0,x1,y1\nv0,0,2,2,6,6\n")
     with pytest.raises(ValueError, match="S1"):

@@ -102,6 +102,30 @@ def test_flow_is_added_to_an_existing_cache_and_resumes(source: Path, tmp_path: 
     )  # a run without flow keeps the record
 
 
+def _flow_that_fails_for_dark_videos(frames: np.ndarray) -> np.ndarray:
+    from kinetoscope.data.video import VideoError
+
+    if frames[0].mean() < 120:  # one of the two textures (seeds 0, 1) is the darker at its first frame
+        raise VideoError("dark video", "truncated or corrupt: no frame could be decoded")
+    return np.zeros((*frames.shape[:3], 2), np.float32)
+
+
+def test_flow_failure_of_a_cached_video_is_listed_in_problems(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    prepare_dataset(source, out, annotations=source / "videos.csv", fps=16, folder_fps=16)
+    store = DatasetStore(out)
+    dark = [vid for vid in ("a", "b") if store.read_frames(vid)[0].mean() < 120]
+    assert len(dark) == 1  # the test's flow function fails for exactly one video
+    summary = prepare_dataset(
+        source, out, annotations=source / "videos.csv", fps=16, folder_fps=16, flow=_flow_that_fails_for_dark_videos
+    )
+    assert summary.failed == 1 and summary.written == 1
+    assert [(Path(path).name, problem) for path, problem in store.problems()] == [
+        (dark[0], "flow: truncated or corrupt: no frame could be decoded")
+    ]
+    assert store.has_frames(dark[0]) and not store.has_flow(dark[0])  # frames kept, flow missing and said so
+
+
 def test_flow_rate_without_a_frame_rate_is_refused(source: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a fixed frame rate"):
         prepare_dataset(source, tmp_path / "out", annotations=source / "videos.csv", flow={"fps": 16})

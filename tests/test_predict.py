@@ -122,3 +122,22 @@ def test_predict_rejects_an_unknown_timeline_class(trained_two_stream, tmp_path:
     run_dir, videos = trained_two_stream
     with pytest.raises(ValueError, match="timeline_class 'pain'"):
         predict_videos(run_dir, [videos / "s1_left_0.mp4"], tmp_path, timeline_class="pain")
+
+
+def test_an_unreadable_video_is_listed_in_problems_and_the_others_are_scored(
+    trained_two_stream, tmp_path: Path
+) -> None:
+    from kinetoscope.suites.predict import predict_videos
+
+    run_dir, videos = trained_two_stream
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    missing = tmp_path / "missing.mp4"
+    results = predict_videos(run_dir, [broken, videos / "s1_left_0.mp4", missing], tmp_path / "out", window=4)
+    assert sorted(results) == ["s1_left_0"]
+    with open(tmp_path / "out" / "problems.csv", newline="") as fh:
+        problems = list(csv.DictReader(fh))
+    assert [r["path"] for r in problems] == [str(broken), str(missing)]
+    assert "not a video" in problems[0]["problem"] and "file not found" in problems[1]["problem"]
+    with pytest.raises(ValueError, match="none of the 1 video"):
+        predict_videos(run_dir, [missing], tmp_path / "out2", window=4)

@@ -103,7 +103,13 @@ def test_shape_texture_suite_on_dot_clips_with_known_masks(tiny_study, tmp_path)
     report = run_shape_texture_suite([tiny_study / "runs" / "cnn3d-h2"], tmp_path / "domains",
                                      tmp_path / "st", split="val")
     rows = list(csv.DictReader(open(tmp_path / "st" / "shape_texture.csv")))
-    assert rows[0]["run"] == "cnn3d-h2" and rows[0]["T/S1"] != ""
+    assert rows[0]["run"] == "cnn3d-h2"
+    row = {k: float(v) for k, v in rows[0].items() if k not in ("run", "star") and v != ""}
+    assert set(row) >= {"V", "S1", "S2", "T"}
+    for ratio in ("S1/V", "S2/V", "T/V", "T/S1"):  # each ratio is the quotient of its two accuracies
+        num, den = ratio.split("/")
+        if row[den] > 0:
+            assert row[ratio] == pytest.approx(row[num] / row[den])
     assert "S1/V" in report.read_text()
 
 
@@ -121,3 +127,5 @@ def test_appearance_free_suite_table_has_rgb_af_and_delta(motion_dataset, tmp_pa
     leakage = json.loads((tmp_path / "af" / "leakage.json").read_text())
     assert leakage["appearance_free"]["chance"] == pytest.approx(0.5)
     assert "RGB vs appearance-free" in report.read_text()
+    with pytest.raises(ValueError, match=r"\['hidden'\] name no model"):  # not silently ignored
+        run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",), model_options={"hidden": 2})

@@ -146,7 +146,10 @@ def synth_domains(
 
     fill_value: str | tuple[float, ...] = fill
     if "," in fill:
-        fill_value = tuple(float(v) for v in fill.split(","))
+        try:
+            fill_value = tuple(float(v) for v in fill.split(","))
+        except ValueError:
+            raise ValueError(f"--fill {fill!r} must be imagenet, clip or R,G,B numbers, e.g. 124,116,104") from None
     paths = make_domain_datasets(source, out_dir, masks_dir=masks, boxes_csv=boxes,
                                  domains=tuple(domain) if domain else DOMAINS, blur_sigma=blur_sigma,
                                  fill=fill_value, overwrite=overwrite)
@@ -289,9 +292,12 @@ def predict(
     """Per-clip and per-video predictions for new videos, with a timeline plot per video."""
     from kinetoscope.suites.predict import predict_videos
 
-    predict_videos(run, videos, out_dir, window=window, stride=stride, frame_aggregation=frame_aggregation,
-                   top_fraction=top_fraction, timeline_class=timeline_class)
-    out.print(f"predictions for {len(videos)} video(s) in [bold]{out_dir}[/]")
+    results = predict_videos(run, videos, out_dir, window=window, stride=stride,
+                             frame_aggregation=frame_aggregation, top_fraction=top_fraction,
+                             timeline_class=timeline_class)
+    out.print(f"predictions for {len(results)} video(s) in [bold]{out_dir}[/]")
+    if len(results) < len(videos):
+        out.print(f"[yellow]{len(videos) - len(results)} video(s) could not be read: see {out_dir / 'problems.csv'}[/]")
 
 
 @app.command()
@@ -317,6 +323,15 @@ def cv(
     """Cross-validation (leave-one-subject-out x repeats) or transfer, with per-fold tables and a report."""
     from kinetoscope.config import load_config
 
+    if protocol not in ("loso", "transfer"):
+        raise ValueError(f"--protocol {protocol!r}: use loso or transfer")
+    transfer_only = {"--target": target is not None, "--source-cv": source_cv is not None,
+                     "--epochs": epochs is not None, "--no-finetune": not finetune}
+    misplaced = [name for name, given in transfer_only.items() if given] if protocol == "loso" else []
+    if protocol == "transfer" and no_resume:
+        misplaced.append("--no-resume")
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)} has no effect with --protocol {protocol}")
     run_config = load_config(config, list(overrides or []))
     subjects = None if not val_subject else ("next" if val_subject == ["next"] else list(val_subject))
     if protocol == "loso":
@@ -335,8 +350,6 @@ def cv(
                               finetune=finetune, finetune_repeats=repeats, val_subject=subjects, workers=workers,
                               frame_aggregation=frame_aggregation, top_fraction=top_fraction, threads=threads)
         out.print(result)
-    else:
-        raise ValueError(f"--protocol {protocol!r}: use loso or transfer")
 
 
 @app.command()
@@ -359,9 +372,8 @@ def explain(
     """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids, activation maximisation."""
     from kinetoscope.explain import explain_run
 
-    parsed = {k: v for k, v in _settings(options).items()}
     path = explain_run(run, method, list(video) if video else clips, split, data, out_dir, stream=stream,
-                       target=target, **parsed)
+                       target=target, **_settings(options))
     out.print(f"explanations: [bold]{path}[/]  (index.csv, GIFs, contact sheets)")
 
 

@@ -124,7 +124,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
-    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; numbers are what people mean
+    quoted = raw.strip()[:1] in ("'", '"')  # a quoted value stays a string: name='007'
+    if isinstance(value, str) and not quoted:  # YAML 1.1 reads "1e-3" as a string; numbers are what people mean
         try:
             value = float(value) if any(c in value for c in ".eE") else int(value)
         except ValueError:

@@ -149,6 +149,13 @@ def read_csv(
             continue
         video_path = Path(rel) if Path(rel).is_absolute() else base / rel
         vid = row.get("video_id") or video_id_for(rel, None, start, end)
+        if vid != safe_id(vid):  # it names frames/<video_id>.npy: no separators or other unsafe characters
+            _problem(
+                problems,
+                f"{where} ({rel})",
+                f"video_id {vid!r} is not file-name safe (letters, digits and . _ = - only; e.g. {safe_id(vid)!r})",
+            )
+            continue
         if vid in seen:
             _problem(
                 problems, f"{where} ({rel})", f"duplicate video_id {vid!r} (same path and segment twice?)"
@@ -410,7 +417,7 @@ def load_annotations(
     """Dispatch to the parser of ``format``. ``source`` is the video root; ``annotations`` is the CSV
     file (csv), the split-file folder (ucf101, hmdb51), the label folder (ssv2) or ``00sequences.txt``
     (kth, optional). ``split``: official split number (ucf101/hmdb51, default 1) or KTH scheme.
-    ``classes`` (csv, folders) restricts the accepted labels."""
+    ``classes`` restricts the accepted labels (any format): a video of another label is a row problem."""
     if format not in FORMATS:
         raise AnnotationError(f"unknown annotation format {format!r}; accepted: {', '.join(FORMATS)}")
     source = Path(source)
@@ -422,12 +429,6 @@ def load_annotations(
         )
     elif format == "folders":
         records = scan_class_folders(source, problems=problems)
-        if classes is not None:
-            kept = [r for r in records if r.label in set(classes)]
-            for r in records:
-                if r.label not in set(classes):
-                    _problem(problems, r.path, f"unknown label {r.label!r}; accepted: {sorted(classes)}")
-            records = kept
     elif format in ("ucf101", "hmdb51"):
         if annotations is None:
             raise AnnotationError(
@@ -439,6 +440,12 @@ def load_annotations(
         records = read_ssv2(source, annotations if annotations is not None else source, problems=problems)
     else:
         records = read_kth(source, sequences=annotations, scheme=str(split or "standard"), problems=problems)
+    if classes is not None and format != "csv":  # read_csv checks its rows itself
+        accepted = set(classes)
+        for r in records:
+            if r.label not in accepted:
+                _problem(problems, r.path, f"unknown label {r.label!r}; accepted: {sorted(accepted)}")
+        records = [r for r in records if r.label in accepted]
     return records
 
 

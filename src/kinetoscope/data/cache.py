@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kinetoscope.data.index import RECORD_COLUMNS, VideoRecord
-from kinetoscope.utils import atomic_save_npy, atomic_write_json, atomic_write_text
+from kinetoscope.utils import atomic_save_npy, atomic_write_json, atomic_write_text, csv_text
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._=-]+")
 
@@ -94,17 +94,16 @@ class DatasetStore:
             raise FileNotFoundError(f"annotations file not found: {self.annotations_path}")
         with open(self.annotations_path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        records = [VideoRecord.from_row(r) for r in rows]
+        try:
+            records = [VideoRecord.from_row(r) for r in rows]
+        except ValueError as exc:
+            raise ValueError(f"{self.annotations_path}: {exc}") from None
         if split is not None:
             records = [r for r in records if r.split == split]
         return records
 
     def write_problems(self, problems: Iterable[tuple[str, str]]) -> None:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "problem"])
-        writer.writerows(problems)
-        atomic_write_text(self.problems_path, buf.getvalue())
+        atomic_write_text(self.problems_path, csv_text(["path", "problem"], problems))  # type: ignore[arg-type]
 
     def problems(self) -> list[tuple[str, str]]:
         if not self.problems_path.is_file():

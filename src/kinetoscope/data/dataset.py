@@ -28,12 +28,6 @@ from kinetoscope.data.sampling import (
     jittered_uniform,
     plan_clips,
 )
-from kinetoscope.data.sampling import uniform_indices as _uniform_indices
-
-
-def uniform_indices(num_frames: int, frames: int) -> np.ndarray:
-    """``frames`` indices spread evenly over ``[0, num_frames)``; short videos padded with the last frame."""
-    return _uniform_indices(num_frames, frames, short="pad")  # type: ignore[return-value]
 
 
 def _num_frames(path: Path) -> int:

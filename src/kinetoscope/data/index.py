@@ -29,19 +29,26 @@ class VideoRecord:
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> VideoRecord:
+        """A record from an ``annotations.csv`` row; a non-numeric ``fps``, ``num_frames``, ``duration``,
+        ``start`` or ``end`` raises ``ValueError`` naming the video and the column."""
         kwargs = {}
         for f in fields(cls):
             value = row.get(f.name, "")
             if value is None:
                 value = ""
-            if f.name in ("fps", "duration"):
-                kwargs[f.name] = float(value) if value != "" else 0.0
-            elif f.name == "num_frames":
-                kwargs[f.name] = int(float(value)) if value != "" else 0
-            elif f.name in ("start", "end"):
-                kwargs[f.name] = float(value) if value != "" else None
-            else:
-                kwargs[f.name] = str(value)
+            try:
+                if f.name in ("fps", "duration"):
+                    kwargs[f.name] = float(value) if value != "" else 0.0
+                elif f.name == "num_frames":
+                    kwargs[f.name] = int(float(value)) if value != "" else 0
+                elif f.name in ("start", "end"):
+                    kwargs[f.name] = float(value) if value != "" else None
+                else:
+                    kwargs[f.name] = str(value)
+            except ValueError:
+                raise ValueError(
+                    f"video {row.get('video_id', '')!r}: column {f.name!r} must be a number, got {value!r}"
+                ) from None
         return cls(**kwargs)
 
 

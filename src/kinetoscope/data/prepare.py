@@ -138,7 +138,7 @@ def _resolve_flow(flow: FlowOption) -> Any:
 
 
 def _video_flow(
-    record: VideoRecord, frames: np.ndarray, flow_fn: Any, fps: float | None, size: Size, folder_fps: float
+    record: VideoRecord, frames: np.ndarray, flow_fn: Any, fps: float | None, folder_fps: float
 ) -> np.ndarray:
     """Flow for one video's cached frames: the user's function, or one field per frame from a FlowSpec,
     computed on the video decoded again at ``spec.fps`` when set (seed 000: 16 fps for 2 fps frames)."""
@@ -194,9 +194,12 @@ def prepare_one(
         if flow_fn is not None and not store.has_flow(record.video_id):
             try:
                 frames = store.read_frames(record.video_id, mmap=False)
-                store.write_flow(record.video_id, _video_flow(record, frames, flow_fn, fps, size, folder_fps))
-            except VideoError as exc:
-                return {"video_id": record.video_id, "ok": False, "problem": f"flow: {exc.reason}"}
+                store.write_flow(record.video_id, _video_flow(record, frames, flow_fn, fps, folder_fps))
+            except VideoError as exc:  # the frames stay cached; problems.csv says why the flow is missing
+                problem = f"flow: {exc.reason}"
+                atomic_write_json(problem_file, {"path": record.path, "video_id": record.video_id, "problem": problem})
+                return {"video_id": record.video_id, "ok": False, "problem": problem}
+            problem_file.unlink(missing_ok=True)
         return {"video_id": record.video_id, "ok": True, "problem": ""}
     try:
         decoded = decode_video(
@@ -234,7 +237,7 @@ def prepare_one(
     atomic_write_json(root / ".prepare" / "meta" / f"{record.video_id}.json", meta)
     if flow_fn is not None and not store.has_flow(record.video_id):
         try:
-            flow_array = _video_flow(record, frames, flow_fn, fps, size, folder_fps)
+            flow_array = _video_flow(record, frames, flow_fn, fps, folder_fps)
         except VideoError as exc:
             atomic_write_json(
                 problem_file, {"path": record.path, "video_id": record.video_id, "problem": f"flow: {exc.reason}"}
@@ -270,7 +273,13 @@ def _finalise(
     """Rewrite annotations.csv, problems.csv and dataset.json from what is on disk now."""
     done, problems = [], list(annotation_problems)
     for r in records:
-        if store.has_frames(r.video_id):
+        cached = store.has_frames(r.video_id)
+        pfile = store.root / ".prepare" / "problems" / f"{r.video_id}.json"
+        if pfile.is_file():  # a failed decode, or a failed flow of cached frames (stale files are ignored)
+            problem = json.loads(pfile.read_text())["problem"]
+            if not cached or (problem.startswith("flow:") and not store.has_flow(r.video_id)):
+                problems.append((r.path, problem))
+        if cached:
             m = _cached_meta(store, r)
             done.append(
                 VideoRecord(
@@ -282,10 +291,6 @@ def _finalise(
                     }
                 )
             )
-            continue
-        pfile = store.root / ".prepare" / "problems" / f"{r.video_id}.json"
-        if pfile.is_file():
-            problems.append((r.path, json.loads(pfile.read_text())["problem"]))
     store.write_records(done)
     store.write_problems(problems)
     counts = Counter(r.label for r in done)

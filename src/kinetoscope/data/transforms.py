@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from kinetoscope.data.video import output_size
+
 Tensor = torch.Tensor
 Pair = tuple[Tensor, Tensor | None]
 
@@ -73,11 +75,7 @@ class Resize:
         self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Pair:
         h, w = video.shape[-2:]
-        if isinstance(self.size, int):
-            s = self.size / min(h, w)
-            size = (max(1, round(h * s)), max(1, round(w * s)))
-        else:
-            size = tuple(self.size)
+        size = output_size(h, w, self.size)  # the rule ``data prepare`` resizes by
         video = _resize(video, size)
         if flow is not None:
             flow = _crop_resize_flow(flow, 0, 0, h, w, size)

@@ -19,8 +19,6 @@ Runs resume: a run with ``model.safetensors`` and its ``val`` evaluation is not 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kinetoscope.utils import atomic_write_json, atomic_write_text
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 TRAIN_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "patience": 4, "batch_size": 16, "lr": 3e-3,
                                   "weight_decay": 1e-5, "optimizer": "adam"}
@@ -165,6 +163,10 @@ def run_appearance_free_suite(
     unknown = sorted(set(train or {}) - set(TRAIN_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown train setting(s) {unknown}; accepted: {', '.join(TRAIN_DEFAULTS)}")
+    stray = sorted(set(model_options or {}) - set(models))
+    if stray:  # e.g. {"hidden": 8} instead of {"cnn3d": {"hidden": 8}} would otherwise be ignored
+        raise ValueError(f"model_options key(s) {stray} name no model of this suite ({', '.join(models)}); "
+                         "give options per model, e.g. cnn3d.hidden=8 (CLI: --set cnn3d.hidden=8)")
     train_settings = {**TRAIN_DEFAULTS, **(train or {})}
     if af_data is None:
         af_root = out_dir / "data" / "appearance-free"
@@ -197,16 +199,12 @@ def run_appearance_free_suite(
         row["delta"] = row["rgb"] - row["appearance_free"]
         rows.append(row)
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["model", "f×r", "rgb", "appearance_free", "delta", "params"])
-    for r in rows:
-        writer.writerow([r["model"], r["fxr"], r["rgb"], r["appearance_free"], r["delta"], r.get("rgb_params")])
+    table = [[r["model"], r["fxr"], r["rgb"], r["appearance_free"], r["delta"], r.get("rgb_params")] for r in rows]
     if leakage:
-        writer.writerow(["single-frame probe", "1×1", leakage["rgb"]["accuracy"],
-                         leakage["appearance_free"]["accuracy"],
-                         leakage["rgb"]["accuracy"] - leakage["appearance_free"]["accuracy"], ""])
-    atomic_write_text(out_dir / "table.csv", buf.getvalue())
+        table.append(["single-frame probe", "1×1", leakage["rgb"]["accuracy"], leakage["appearance_free"]["accuracy"],
+                      leakage["rgb"]["accuracy"] - leakage["appearance_free"]["accuracy"], ""])
+    atomic_write_text(out_dir / "table.csv",
+                      csv_text(["model", "f×r", "rgb", "appearance_free", "delta", "params"], table))
     names = (DatasetStore(rgb_root).meta().get("name", rgb_root.name), "appearance-free")
     atomic_write_text(out_dir / "sections" / "appearance_free.html", appearance_free_section(rows, leakage, names))
     af_settings = DatasetStore(af_root).meta().get("appearance_free", {})

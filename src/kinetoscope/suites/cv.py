@@ -34,7 +34,7 @@ import csv
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,6 @@ PROTOCOLS = ("loso",)
 
 class SubjectLeakError(AssertionError):
     """A subject (or video) appeared in two of train / validation / test."""
-
 
 
 def _log(message: str) -> None:
@@ -194,9 +193,10 @@ def evaluate_scores(
         per_method[method] = dict(zip(vids, vscores, strict=True))
         video_labels = np.array([first[v][0] for v in vids])
         metrics["video"][method] = classification_metrics(video_labels, vscores.argmax(1), classes)
+    clips_per_video = Counter(out["video_id"])
     video_rows = []
     for vid, (lab, subj) in first.items():
-        row = [vid, subj, classes[lab], sum(1 for v in out["video_id"] if v == vid)]
+        row = [vid, subj, classes[lab], clips_per_video[vid]]
         for method in VIDEO_AGGREGATIONS:
             s = per_method[method][vid]
             row += [classes[int(s.argmax())], *np.round(s, 6).tolist()]

@@ -11,10 +11,13 @@ probabilities, [T] §3.3).
 Writes into ``out_dir``: ``clip_predictions.csv`` (video, clip, start/end seconds, scores),
 ``video_predictions.csv`` (one row per video and aggregation) and ``timeline_<video>.png`` — the
 score of one class over the video, what a clinician would scan for the seconds that drove a verdict.
+A video that cannot be read is skipped and listed with the reason in ``problems.csv``; the others
+are still scored (an error only if none can be read).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import numpy as np
 from kinetoscope.utils import atomic_path, atomic_write_text, csv_text
 
 AGGREGATIONS = ("vote", "mean", "topk")
-
+log = logging.getLogger(__name__)
 
 
 def _run_settings(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -87,11 +90,14 @@ def predict_videos(
     import torch
 
     from kinetoscope.data.sampling import dense_windows
-    from kinetoscope.data.video import decode_video
+    from kinetoscope.data.video import VideoError, decode_video
     from kinetoscope.evaluate.aggregate import aggregate_videos
     from kinetoscope.models.checkpoint import load_run_model
+    from kinetoscope.models.inference import model_inputs
     from kinetoscope.models.pain import clip_scores
 
+    if frame_aggregation not in ("vote", "mean"):  # checked before any decoding (one-output models ignore it)
+        raise ValueError(f"frame_aggregation must be 'vote' or 'mean', got {frame_aggregation!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config, meta = _run_settings(run_dir)
     model, spec = load_run_model(run_dir)
@@ -109,31 +115,37 @@ def predict_videos(
     streams = getattr(model, "streams", ("rgb",))
     flow_channels = int(getattr(model, "flow_channels", 2))
     generator = torch.Generator().manual_seed(seed)
+    model.eval()
 
     clip_rows: list[list[Any]] = []
     video_rows: list[list[Any]] = []
     results: dict[str, Any] = {}
     used_names: set[str] = set()
+    problems: list[list[str]] = []
     for path in videos:
-        decoded = decode_video(path, fps=fps, size=size, grayscale=bool(meta.get("grayscale")))
-        frames, times = decoded.frames, decoded.timestamps
+        try:  # an unreadable video is recorded and skipped; the others are still scored
+            decoded = decode_video(path, fps=fps, size=size, grayscale=bool(meta.get("grayscale")))
+            frames, times = decoded.frames, decoded.timestamps
+            flow = None
+            if "flow" in streams:
+                flow = torch.from_numpy(
+                    video_flow_like_training(path, frames, times, meta, flow_channels)
+                ).permute(3, 0, 1, 2)
+        except (VideoError, OSError, ValueError, RuntimeError) as error:
+            problems.append([str(path), f"{type(error).__name__}: {error}"])
+            log.warning("predict: skipping %s: %s", path, error)
+            continue
         rate = float(fps or decoded.info.fps or 1.0)
         windows = dense_windows(len(frames), window, stride, short="pad")
         rgb = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255.0)  # [C, T, H, W]
-        flow = None
-        if "flow" in streams:
-            flow = torch.from_numpy(
-                video_flow_like_training(path, frames, times, meta, flow_channels)
-            ).permute(3, 0, 1, 2)
         scores = []
-        model.eval()
         with torch.inference_mode():
             for start in range(0, len(windows), batch_size):
                 idx = [torch.as_tensor(np.asarray(w)) for w in windows[start : start + batch_size]]
-                batch = {"rgb": torch.stack([rgb[:, i] for i in idx])}
+                batch = {"video": torch.stack([rgb[:, i] for i in idx])}
                 if flow is not None:
                     batch["flow"] = torch.stack([flow[:, i] for i in idx])
-                logits = model(*[batch[s] for s in streams])
+                logits = model(*model_inputs(model, batch))
                 scores.append(clip_scores(logits, frame_aggregation, generator).numpy())
         scores_arr = np.concatenate(scores).astype(np.float64)
         name = Path(path).stem
@@ -172,6 +184,13 @@ def predict_videos(
             label=focus,
             verdict=results[name]["vote"]["pred"],
         )
+    problems_file = out_dir / "problems.csv"
+    if problems:
+        atomic_write_text(problems_file, csv_text(["path", "problem"], problems))
+    elif problems_file.exists():  # a re-run that now reads every video
+        problems_file.unlink()
+    if not results:
+        raise ValueError(f"none of the {len(videos)} video(s) could be read; see {problems_file}")
     score_cols = [f"score_{c}" for c in classes]
     atomic_write_text(
         out_dir / "clip_predictions.csv",

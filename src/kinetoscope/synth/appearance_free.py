@@ -152,7 +152,8 @@ def make_appearance_free_dataset(
     Same video ids, labels, splits, subjects and frame shapes as ``src_root``; frames are lossless
     ``.npy``. Video ``v`` is seeded by :func:`video_seed` ``(seed, v)``. With ``write_flow`` the flow
     that moved the noise is cached beside it as ``flow/<id>.npy`` (one field per frame, forward pairs,
-    the last frame repeating the last pair — the ``data prepare --flow`` convention). Resumes: videos
+    the last frame repeating the last pair, zero for a one-frame video — the ``data prepare --flow``
+    convention, :func:`kinetoscope.flow.video_flow`). Resumes: videos
     already written with the same settings are skipped; other settings in an existing ``out_root`` are
     refused unless ``overwrite``. Returns ``out_root``.
     """
@@ -160,13 +161,14 @@ def make_appearance_free_dataset(
     import shutil
 
     from kinetoscope.data.cache import DatasetStore
-    from kinetoscope.flow import compute_flow
+    from kinetoscope.flow import FlowSpec, video_flow
     from kinetoscope.utils import progress
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not known; accepted: {', '.join(MODES)}")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement {placement!r} is not known; accepted: {', '.join(PLACEMENTS)}")
+    flow_spec = FlowSpec(method=flow_method, options=dict(flow_options or {}))  # a bad method fails before any write
     source = DatasetStore(src_root)
     meta = source.meta()
     records = source.records()
@@ -194,18 +196,17 @@ def make_appearance_free_dataset(
         if store.has_frames(vid) and (not write_flow or store.has_flow(vid)):
             continue
         frames = np.asarray(source.read_frames(vid, mmap=False))
-        flow = compute_flow(frames, flow_method, **(flow_options or {})) if len(frames) > 1 else None
+        per_frame = video_flow(flow_spec, frames)  # [T, H, W, 2]: F[t] = t -> t+1, last repeated; zero for T = 1
         noise = appearance_free(frames, mode=mode, placement=placement, seed=video_seed(seed, vid),
-                                grayscale=grayscale, flow=flow)
-        if write_flow and flow is not None:
-            store.write_flow(vid, np.concatenate([flow, flow[-1:]], axis=0))
+                                grayscale=grayscale, flow=per_frame[:-1])
+        if write_flow:
+            store.write_flow(vid, per_frame)
         store.write_frames(vid, noise)
     store.write_records(records)
     new_meta = {**meta, "name": f"{meta.get('name', source.root.name)}-appearance-free",
                 "source": "kinetoscope synth appearance-free", "appearance_free": settings}
     if write_flow:
-        new_meta["flow"] = {"method": flow_method, "fps": None, "pair": "forward", "magnitude": False,
-                            "options": dict(flow_options or {})}
+        new_meta["flow"] = flow_spec.as_dict()
     else:
         new_meta.pop("flow", None)
     store.write_meta(new_meta)

@@ -197,6 +197,10 @@ def make_domain_datasets(
             if not mask_path.is_file():
                 raise FileNotFoundError(f"no mask for video {vid!r}: {mask_path} is missing")
             masks = np.load(mask_path, allow_pickle=False)
+            if masks.shape != frames.shape[:3]:
+                raise ValueError(
+                    f"mask {mask_path} is {masks.shape}; video {vid!r} needs [T, H, W] = {frames.shape[:3]}"
+                )
         video_boxes = None
         if boxes is not None:
             per_frame = boxes.get(vid, {})
