@@ -35,6 +35,42 @@ def test_video_aggregation_mean_vote_and_topk():
     assert order == ["v1", "v2"]
     np.testing.assert_allclose(mean[0], [1.6 / 3, 1.4 / 3])
     _, vote = aggregate_videos(ids, scores, "vote")
-    assert vote[0].argmax() == 1  # two of three clips say class 1
+    # two of three clips say class 1; the winner gets half a vote more (the tie-break), then normalised
+    np.testing.assert_allclose(vote, [[1 / 3.5, 2.5 / 3.5], [0.0, 1.0]])
     _, top = aggregate_videos(ids, scores, "topk", top_fraction=0.34)  # k = ceil(0.34*3) = 2
     np.testing.assert_allclose(top[0], [(0.9 + 0.4) / 2, (0.7 + 0.6) / 2])
+
+
+@pytest.fixture
+def untrained_run(tmp_path, motion_dataset):
+    """A run directory with an untrained cnn3d on the motion dataset (weights + config only)."""
+    import torch
+    import yaml
+
+    from kinetoscope.models import create_model
+    from kinetoscope.models.checkpoint import save_run_model
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    options = {"hidden": 4, "blocks": 2, "input_size": 16, "frames": 8}
+    spec = {"name": "cnn3d", "num_classes": 2, "in_channels": 1, "options": options, "classes": ["left", "right"]}
+    save_run_model(create_model("cnn3d", 2, 1, **options), run, spec)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(motion_dataset), "val_split": "val",
+                                                              "frames": 8}}))
+    return run
+
+
+def test_predict_run_leaves_the_callers_grad_mode_alone_and_rejects_unknown_aggregations(untrained_run):
+    import torch
+
+    from kinetoscope.evaluate import predict_run
+
+    with pytest.raises(ValueError, match="aggregation='median'"):
+        predict_run(untrained_run, aggregation="median")
+    assert not (untrained_run / "evaluations").exists()  # rejected before any work was written
+    with torch.no_grad():
+        metrics = predict_run(untrained_run, aggregation="vote")
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert metrics["n"] == 16 and metrics["video"]["aggregation"] == "vote"

@@ -151,3 +151,15 @@ def test_actmax_explainer_returns_a_displayable_clip_per_input_clip():
 def test_unknown_regulariser_is_named_with_the_accepted_ones():
     with pytest.raises(ValueError, match="regulariser='tv4d'.*tv2d1d"):
         activation_maximisation(LinearUnit(), torch.rand(1, 3, 5, 5, 5), target=0, regulariser="tv4d")
+
+
+def test_targets_outside_the_classes_or_channels_are_named_not_wrapped_around():
+    model = create_model("cnn3d", num_classes=3, in_channels=1, hidden=4, input_size=16, frames=8)
+    clips = torch.rand(1, 1, 8, 16, 16)
+    # a negative channel would otherwise index from the end and maximise the wrong unit
+    with pytest.raises(ValueError, match="target channel -1 outside the 4 channels of layer 'blocks.0'"):
+        activation_maximisation(model, clips, target=-1, layer="blocks.0", steps=1)
+    with pytest.raises(ValueError, match="target class 3 outside the 3 classes"):
+        activation_maximisation(model, clips, target=3, steps=1)
+    with pytest.raises(ValueError, match="stream='flow'.*streams \\('rgb',\\)"):
+        EXPLAINERS.get("actmax")(model, [clips], target=0, stream="flow", steps=1)

@@ -148,6 +148,15 @@ def test_two_stream_gradcam_on_the_flow_stream():
             feats = torch.cat([self.rgb_conv(rgb).mean(dim=(2, 3, 4)), self.flow_conv(flow).mean(dim=(2, 3, 4))], 1)
             return self.head(feats)
 
-    maps = gradcam(TwoStream(), {"rgb": torch.rand(2, 3, 4, 8, 8), "flow": torch.rand(2, 2, 4, 8, 8)},
-                   stream="flow")
+    torch.manual_seed(0)
+    model = TwoStream()
+    clips = {"rgb": torch.rand(2, 3, 4, 8, 8), "flow": torch.rand(2, 2, 4, 8, 8)}
+    maps = gradcam(model, clips, stream="flow")
     assert maps.shape == (2, 4, 8, 8)
+    # the flow stream's own layer: under GAP -> linear, w_kt = W[c, 2 + k] / (T H W) for every t
+    raw, targets = gradcam_maps(model, clips, stream="flow")
+    with torch.no_grad():
+        activations = model.flow_conv(clips["flow"])
+        weights = model.head.weight[targets][:, 2:] / (4 * 8 * 8)
+        expected = torch.relu((weights[:, :, None, None, None] * activations).sum(dim=1))
+    torch.testing.assert_close(raw, expected)

@@ -88,6 +88,18 @@ def test_explain_run_writes_gifs_sheets_index_and_statistics(cnn3d_run):
     assert section.count("data:image/gif;base64,") == 3 and "mask length" in section
 
 
+def test_explain_run_takes_the_validation_subjects_of_a_subject_split_run(cnn3d_run, motion_dataset):
+    from kinetoscope.explain import explain_run
+
+    # a leave-subjects-out run: its validation part is subject s1 (videos i % 4 == 1), not the split column
+    (cnn3d_run / "config.yaml").write_text(yaml.safe_dump({"data": {
+        "root": str(motion_dataset), "val_split": "val", "val_subjects": ["s1"], "frames": 8}}))
+    out = explain_run(cnn3d_run, method="gradcam", clips=6, render=False)
+    with open(out / "index.csv") as fh:
+        videos = [r["video_id"] for r in csv.DictReader(fh)]
+    assert len(videos) == 6 and all(int(v.split("_")[1]) % 4 == 1 for v in videos)
+
+
 def test_explain_run_rejects_unknown_methods_and_options(cnn3d_run):
     from kinetoscope.explain import explain_run
 

@@ -219,3 +219,29 @@ def test_two_stream_towers_each_get_their_own_loss(motion_dataset):
     towers = module.model.forward_towers(batch["video"], batch["flow"])
     expected = sum(torch.nn.functional.cross_entropy(t, batch["label"]) for t in towers.values())
     assert torch.allclose(loss, expected)
+
+
+def test_ddp_optimizer_step_hands_the_loss_to_the_precision_plugin():
+    """Under DDP the step closure must return the loss: AMP's GradScaler skips the update (and the
+    unscaling before gradient clipping) when the closure returns None, as for a skipped backward."""
+    from types import SimpleNamespace
+
+    from kinetoscope.config import OptimConfig
+    from kinetoscope.train.module import VideoClassifier
+
+    class RecordingOptimizer:
+        def __init__(self):
+            self.closure_results = []
+
+        def step(self, closure=None):
+            self.closure_results.append(None if closure is None else closure())
+
+    module = VideoClassifier(nn.Linear(2, 2), 2, OptimConfig())
+    module._trainer = SimpleNamespace(world_size=2)
+    loss = torch.tensor(0.7)
+    optimizer = RecordingOptimizer()
+    module.optimizer_step(0, 0, optimizer, lambda: loss)
+    assert optimizer.closure_results == [loss]
+    module.nonfinite_step = 3  # a non-finite loss on some rank: the backward ran, no update anywhere
+    module.optimizer_step(0, 1, optimizer, lambda: loss)
+    assert optimizer.closure_results == [loss]

@@ -8,6 +8,8 @@ from collections import defaultdict
 
 import numpy as np
 
+AGGREGATIONS = ("mean", "vote", "topk")
+
 
 def aggregate_videos(
     video_ids: list[str], scores: np.ndarray, method: str = "mean", top_fraction: float = 0.05, seed: int = 0
@@ -37,5 +39,5 @@ def aggregate_videos(
             k = max(1, math.ceil(top_fraction * len(s)))
             out[row] = np.sort(s, axis=0)[-k:].mean(0)
         else:
-            raise ValueError(f"unknown aggregation {method!r}; use mean, vote or topk")
+            raise ValueError(f"unknown aggregation {method!r}; use one of {AGGREGATIONS}")
     return order, out

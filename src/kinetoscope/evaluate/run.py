@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kinetoscope.evaluate.aggregate import aggregate_videos
+from kinetoscope.evaluate.aggregate import AGGREGATIONS, aggregate_videos
 from kinetoscope.evaluate.metrics import classification_metrics, robustness_ratio
 from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
@@ -39,7 +39,6 @@ def predict_run(
     aggregation: str = "mean",
 ) -> dict[str, Any]:
     """Evaluate a run; returns the metrics dict that is also written to ``evaluations/<name>.json``."""
-    import torch
     from torch.utils.data import DataLoader
 
     from kinetoscope.data.cache import DatasetStore
@@ -47,6 +46,8 @@ def predict_run(
     from kinetoscope.models.checkpoint import load_run_model
     from kinetoscope.models.inference import predict_batches
 
+    if aggregation not in AGGREGATIONS:  # before the model runs over the whole dataset
+        raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
     model, spec = load_run_model(run_dir)
@@ -63,10 +64,7 @@ def predict_run(
     dataset = ClipDataset(root, None if subjects else split, frames=d.get("frames"), reverse=reverse,
                           classes=spec["classes"], sampling=d.get("sampling"), stride=d.get("stride"),
                           flow="flow" in getattr(model, "streams", ("rgb",)), subjects=subjects)
-    torch.set_grad_enabled(False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out = predict_batches(model, loader)
-    torch.set_grad_enabled(True)
+    out = predict_batches(model, DataLoader(dataset, batch_size=batch_size, shuffle=False))  # inference mode
     classes = spec["classes"]
     preds = out["scores"].argmax(1)
     metrics = classification_metrics(out["labels"], preds, classes)

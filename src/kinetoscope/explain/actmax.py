@@ -49,7 +49,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from kinetoscope.explain.base import ClipInput, Explanation, as_stream_list, frozen_eval, model_streams
+from kinetoscope.explain.base import (
+    ClipInput,
+    Explanation,
+    as_stream_list,
+    frozen_eval,
+    model_streams,
+    stream_index,
+)
 from kinetoscope.models.inference import clip_logits
 from kinetoscope.registry import EXPLAINERS
 
@@ -168,7 +175,11 @@ class _UnitReader:
 
     def __call__(self, inputs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         if self.module is None:
-            return clip_logits(self.model(*inputs)).gather(1, targets.view(-1, 1)).squeeze(1)
+            logits = clip_logits(self.model(*inputs))
+            bad = targets[(targets < 0) | (targets >= logits.shape[1])]
+            if bad.numel():
+                raise ValueError(f"target class {int(bad[0])} outside the {logits.shape[1]} classes of the model")
+            return logits.gather(1, targets.view(-1, 1)).squeeze(1)
         store: list[torch.Tensor] = []
         handle = self.module.register_forward_hook(
             # a clone: a following in-place activation (ReLU(inplace=True)) must not overwrite the unit
@@ -178,8 +189,9 @@ class _UnitReader:
         finally:
             handle.remove()
         activations = store[-1]
-        if int(targets.max()) >= activations.shape[1]:
-            raise ValueError(f"target channel {int(targets.max())} outside the {activations.shape[1]} channels "
+        bad = targets[(targets < 0) | (targets >= activations.shape[1])]
+        if bad.numel():
+            raise ValueError(f"target channel {int(bad[0])} outside the {activations.shape[1]} channels "
                              f"of layer {self.layer!r}")
         rows = torch.arange(activations.shape[0])
         chosen = activations[rows, targets]  # [B, ...]
@@ -339,7 +351,7 @@ def explain_actmax(model: nn.Module, inputs: list[torch.Tensor], *, target: Any 
     """
     result = activation_maximisation(model, inputs, target, layer, unit=unit, regulariser=regulariser, kappa=kappa,
                                      chi=chi, steps=steps, step_size=step_size, seed=seed)
-    index = 0 if stream is None else result.streams.index(stream)
+    index = stream_index(model, stream)
     values = [{"target": int(t), "initial_activation": float(a0), "final_activation": float(a1),
                "reference_activation": float(ref), "receptive_field": result.receptive_field,
                "regulariser": regulariser}

@@ -121,6 +121,22 @@ def resolve_target(target: Any, logits: torch.Tensor) -> torch.Tensor:
     return target
 
 
+def minmax(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Min-max to [0, 1] over ``dims``; a constant slice becomes 0 (Grad-CAM maps, Saliency Tubes, CFP)."""
+    low = values.amin(dim=dims, keepdim=True)
+    span = values.amax(dim=dims, keepdim=True) - low
+    return torch.where(span > 0, (values - low) / span.clamp_min(1e-12), torch.zeros_like(values))
+
+
+def capture_output(layer: nn.Module, store: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """Append ``layer``'s output (the first element of a tuple output) to ``store`` on every forward."""
+
+    def hook(_module, _inputs, output):
+        store.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    return layer.register_forward_hook(hook)
+
+
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module, freeze_parameters: bool = True) -> Iterator[nn.Module]:
     """Eval mode (BN running statistics, no dropout) and, optionally, parameters without gradients;

@@ -46,7 +46,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from kinetoscope.explain.base import ClipInput, Explanation, as_stream_list, resolve_target
+from kinetoscope.explain.base import (
+    ClipInput,
+    Explanation,
+    as_stream_list,
+    resolve_target,
+    stream_index,
+)
 from kinetoscope.explain.gradcam import explain_layer_name
 from kinetoscope.explain.tubes import minmax, spline_upsample
 from kinetoscope.models.inference import clip_logits
@@ -362,10 +368,7 @@ def class_feature_pyramids(
     if depth < 0:
         raise ValueError(f"depth={depth}; give the number of back-steps (0 = the explained layer only)")
     inputs = [t.detach() for t in as_stream_list(model, clips)]
-    streams = tuple(getattr(model, "streams", ("rgb",)))
-    index = 0 if stream is None else streams.index(stream) if stream in streams else -1
-    if index < 0:
-        raise ValueError(f"stream={stream!r}: {type(model).__name__} has streams {streams}")
+    index = stream_index(model, stream)
     name = layer or explain_layer_name(model, stream)
     gm = graph if graph is not None else trace_model(model)
     top = _layer_node(gm.graph, name)

@@ -30,7 +30,9 @@ from kinetoscope.explain.base import (
     Explanation,
     StreamForward,
     as_stream_list,
+    capture_output,
     class_scores,
+    minmax,
     model_streams,
     resolve_target,
     stream_index,
@@ -70,10 +72,7 @@ def normalise_maps(maps: torch.Tensor, mode: str = "frame") -> torch.Tensor:
         return maps
     if mode not in NORMALISATIONS:
         raise ValueError(f"normalise={mode!r}; expected one of {NORMALISATIONS}")
-    dims = (2, 3) if mode == "frame" else (1, 2, 3)
-    low = maps.amin(dim=dims, keepdim=True)
-    span = maps.amax(dim=dims, keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
+    return minmax(maps, (2, 3) if mode == "frame" else (1, 2, 3))
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int, int], time_upsampling: str = "repeat") -> torch.Tensor:
@@ -93,13 +92,6 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int, int], time_upsamplin
         flat = F.interpolate(flat, size=frames, mode="linear", align_corners=False)
         return flat.view(b, height, width, frames).permute(0, 3, 1, 2)
     raise ValueError(f"time_upsampling={time_upsampling!r}; expected 'repeat' or 'linear'")
-
-
-def _capture(layer: nn.Module, store: list[torch.Tensor]):
-    def hook(_module, _inputs, output):
-        store.append(output[0] if isinstance(output, (tuple, list)) else output)
-
-    return layer.register_forward_hook(hook)
 
 
 def gradcam_maps(
@@ -126,7 +118,7 @@ def gradcam_maps(
         for start in range(0, x.shape[0], batch_size):
             rows = torch.arange(start, min(start + batch_size, x.shape[0]))
             store: list[torch.Tensor] = []
-            handle = _capture(module, store)
+            handle = capture_output(module, store)
             try:
                 with torch.enable_grad():
                     # the input requires grad so the layer's output is in a graph even when the

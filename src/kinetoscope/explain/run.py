@@ -169,10 +169,12 @@ def explain_run(
     model, spec = load_run_model(run_dir)
     own_data = data is None
     root = Path(config["data"]["root"]) if own_data else Path(data)
-    if split is None and own_data:
+    subjects = None
+    if split is None and own_data:  # the run's validation part: its subjects take precedence over the split
         split = config["data"].get("val_split", "val")
-    dataset = ClipDataset(root, split, frames=config["data"].get("frames"), classes=spec["classes"],
-                          flow="flow" in model_streams(model))
+        subjects = config["data"].get("val_subjects")
+    dataset = ClipDataset(root, None if subjects else split, frames=config["data"].get("frames"),
+                          classes=spec["classes"], flow="flow" in model_streams(model), subjects=subjects)
     positions = _pick_clips(dataset, clips)
     batch = default_collate([dataset[i] for i in positions])
     inputs = model_inputs(model, batch)

@@ -39,19 +39,14 @@ from kinetoscope.explain.base import (
     Explanation,
     StreamForward,
     as_stream_list,
+    capture_output,
+    minmax,
     model_streams,
     resolve_target,
     stream_index,
 )
 from kinetoscope.explain.gradcam import explain_layer_name, resolve_layer
 from kinetoscope.registry import EXPLAINERS
-
-
-def minmax(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Min-max to [0, 1] over ``dims``; a constant slice becomes 0 (spec §3.1)."""
-    low = values.amin(dim=dims, keepdim=True)
-    span = values.amax(dim=dims, keepdim=True) - low
-    return torch.where(span > 0, (values - low) / span.clamp_min(1e-12), torch.zeros_like(values))
 
 
 def spline_upsample(volume: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
@@ -65,13 +60,6 @@ def spline_upsample(volume: np.ndarray, size: tuple[int, int, int]) -> np.ndarra
     if t0 == frames:
         return spatial
     return ndimage.zoom(spatial, (1,) * lead + (frames / t0, 1, 1), order=3, mode="nearest", grid_mode=True)
-
-
-def _hook_output(store: list[torch.Tensor]):
-    def hook(_module, _inputs, output):
-        store.append(output[0] if isinstance(output, (tuple, list)) else output)
-
-    return hook
 
 
 def layer_class_weights(
@@ -94,7 +82,7 @@ def layer_class_weights(
     module = resolve_layer(model, layer, name)
     forward = StreamForward(model, inputs, index)
     store: list[torch.Tensor] = []
-    handle = module.register_forward_hook(_hook_output(store))
+    handle = capture_output(module, store)
     try:
         with torch.enable_grad():
             logits = forward(inputs[index].clone().requires_grad_(True))

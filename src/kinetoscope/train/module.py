@@ -89,9 +89,11 @@ class VideoClassifier(pl.LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         if not self._distributed:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        optimizer_closure()  # training_step + backward (and DDP's gradient all-reduce) on every rank
+        loss = optimizer_closure()  # training_step + backward (and DDP's gradient all-reduce) on every rank
         if self.nonfinite_step is None:  # a non-finite loss on any rank: no update anywhere
-            optimizer.step()
+            # hand the loss on: the precision plugin runs clipping after the closure, and AMP's GradScaler
+            # treats a closure returning None as a skipped backward and would not step
+            optimizer.step(closure=lambda: loss)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch)
