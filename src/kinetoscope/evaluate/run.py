@@ -20,15 +20,6 @@ from kinetoscope.evaluate.metrics import classification_metrics, robustness_rati
 from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
-    return yaml.safe_load(path.read_text())
-
-
 def predict_run(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -43,13 +34,13 @@ def predict_run(
 
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.data.dataset import ClipDataset
-    from kinetoscope.models.checkpoint import load_run_model
+    from kinetoscope.models.checkpoint import load_run_config, load_run_model
     from kinetoscope.models.inference import predict_batches
 
     if aggregation not in AGGREGATIONS:  # before the model runs over the whole dataset
         raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
     run_dir = Path(run_dir)
-    config = _run_config(run_dir)
+    config = load_run_config(run_dir)
     model, spec = load_run_model(run_dir)
     own_data = data is None
     root = Path(config["data"]["root"]) if own_data else Path(data)

@@ -122,15 +122,6 @@ def _write_index(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
-    return yaml.safe_load(path.read_text())
-
-
 def explain_run(
     run_dir: str | Path,
     method: str | Sequence[str] = "temporal-mask",
@@ -157,7 +148,7 @@ def explain_run(
     from kinetoscope.data.dataset import ClipDataset
     from kinetoscope.explain.base import model_streams, stream_index
     from kinetoscope.explain.stats import blob_statistics, clip_statistics
-    from kinetoscope.models.checkpoint import load_run_model
+    from kinetoscope.models.checkpoint import load_run_config, load_run_model
     from kinetoscope.models.inference import model_inputs
 
     run_dir = Path(run_dir)
@@ -165,7 +156,7 @@ def explain_run(
     per_method = _split_options(methods, options)
     if target not in ("predicted", "label"):
         raise ValueError(f"target={target!r}; expected 'predicted' or 'label'")
-    config = _run_config(run_dir)
+    config = load_run_config(run_dir)
     model, spec = load_run_model(run_dir)
     own_data = data is None
     root = Path(config["data"]["root"]) if own_data else Path(data)

@@ -23,6 +23,16 @@ def save_run_model(model: nn.Module, run_dir: str | Path, spec: dict[str, Any]) 
     atomic_write_json(run_dir / "model.json", spec)
 
 
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``config.yaml`` as a plain dict (the resolved config it was trained with)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
+    return yaml.safe_load(path.read_text())
+
+
 def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a run's model from ``model.json`` and load ``model.safetensors`` strictly."""
     from kinetoscope.models import create_model

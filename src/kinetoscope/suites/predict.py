@@ -31,14 +31,10 @@ log = logging.getLogger(__name__)
 
 def _run_settings(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run config as a dict, dataset.json of the data it was trained on)."""
-    import yaml
-
     from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.models.checkpoint import load_run_config
 
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
-    config = yaml.safe_load(path.read_text())
+    config = load_run_config(run_dir)
     store = DatasetStore(config["data"]["root"])
     meta = store.meta() if store.meta_path.is_file() else {}
     return config, meta
