@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from kinetoscope.models import create_model
 from kinetoscope.models.e2s_x3d import resample_flow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -160,3 +160,15 @@ def test_forward_backward_and_temporal_downsampling(small_models, name: str, tim
 def test_dropout_option_sits_before_the_classifier() -> None:
     model = build_meta("r2plus1d_18", dropout=0.3)
     assert model.dropout.p == 0.3
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "x3d_xs"])
+def test_initialisation_is_he_fan_out_with_unit_bn_and_a_small_normal_classifier(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d) and m.weight.numel() > 10_000)
+    fan_out = conv.out_channels // conv.groups * conv.weight[0, 0].numel()
+    assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.2) and bool((model.fc.bias == 0).all())

@@ -20,15 +20,6 @@ SMALLEST_CLIP: dict[str, tuple[int, int, int, int]] = {
 KNOWN_STREAMS = {("rgb",), ("rgb", "flow"), ("flow",)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes many small ops ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build_small(name: str) -> tuple[nn.Module, tuple[int, int, int, int]]:
     shape = SMALLEST_CLIP.get(name, SMALL_CLIP)
     options = MODELS.options(name)

@@ -20,14 +20,6 @@ from kinetoscope.models.mtnet import MTBlock, MTNet
 STAGE_WIDTHS = (24, 48, 96, 192)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -106,6 +98,15 @@ def test_mtblock_squeeze_recursion_uses_the_thesis_gru_over_the_output_width() -
     fast = MTBlock(24, 54, 48, spatial_stride=2, exact_gru=False)
     assert isinstance(fast.sr.recurrent, nn.GRU) and count(fast) == count(block)
     assert block(torch.randn(1, 24, 4, 8, 8)).shape == (1, 48, 4, 4, 4)
+
+
+def test_mtblock_shortcut_is_x3ds_projection_with_bn_only_where_the_width_changes() -> None:
+    model = build_meta("mtnet_s")
+    first = [model.get_submodule(f"layer{s}")[0] for s in range(1, 5)]
+    assert [name for name, _ in first[0].shortcut.named_children()] == ["conv"]  # 24 -> 24, stride 2
+    assert all([name for name, _ in b.shortcut.named_children()] == ["conv", "bn"] for b in first[1:])
+    assert all(b.shortcut.conv.stride == (1, 2, 2) for b in first)
+    assert all(block.shortcut is None for s in range(1, 5) for block in model.get_submodule(f"layer{s}")[1:])
 
 
 def build_meta(name: str, **options) -> MTNet:

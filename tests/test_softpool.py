@@ -14,15 +14,6 @@ import torch.nn.functional as F
 from kinetoscope.layers import SoftPool1d, SoftPool2d, SoftPool3d, soft_pool1d, soft_pool2d, soft_pool3d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes tiny ops much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_soft_pool(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
     """Eq. 5.5 window by window, in float64 with Python loops (slow, obviously correct)."""
     dims = len(kernel)

@@ -27,15 +27,6 @@ REPORTED_MILLIONS = {
 BLOCKS = {34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes small ops much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

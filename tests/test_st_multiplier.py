@@ -11,14 +11,6 @@ from kinetoscope.models import create_model
 from kinetoscope.models.twostream import pre_activation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clip(t: int = 4, seed: int = 0, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, t, 32, 32, generator=g), torch.randn(batch, 2, t, 32, 32, generator=g)

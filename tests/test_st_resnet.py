@@ -3,7 +3,6 @@ BatchNorm."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,14 +10,6 @@ from kinetoscope.layers import SubBatchNorm3d
 from kinetoscope.models import create_model
 from kinetoscope.models.st_resnet import CrossStreamResNet
 from kinetoscope.models.twostream import FrameResNet, pre_activation, stage_blocks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def clip(t: int = 4, seed: int = 0, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

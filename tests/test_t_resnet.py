@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from kinetoscope.models import create_model
 from kinetoscope.models.t_resnet import ChannelScale, TemporalBottleneck
 from kinetoscope.models.twostream import FrameResNet, stage_blocks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def clip(t: int = 4, seed: int = 0, batch: int = 2) -> torch.Tensor:

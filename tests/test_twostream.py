@@ -23,14 +23,6 @@ from kinetoscope.models import create_model
 from kinetoscope.models.twostream import FrameResNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def maps(channels: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(2, channels, 3, 5, 5, generator=g), torch.rand(2, channels, 3, 5, 5, generator=g)

@@ -40,7 +40,7 @@ from torch import nn
 from kinetoscope.layers.class_reg import AFFECTION_SCHEDULE, ClassRegularisation
 from kinetoscope.layers.gates import SqueezeRecursion
 from kinetoscope.layers.mtconv import MTConv
-from kinetoscope.models.x3d import X3DHead, X3DStem
+from kinetoscope.models.x3d import X3DHead, X3DStem, x3d_shortcut
 from kinetoscope.registry import register_model
 
 
@@ -61,13 +61,7 @@ class MTBlock(nn.Module):
     ):
         super().__init__()
         stride = (1, spatial_stride, spatial_stride)
-        self.shortcut: nn.Sequential | None = None
-        if in_width != out_width or spatial_stride != 1:
-            # X3D's shortcut: 1x1x1 projection, BN only when the width changes (PyTorchVideo's layout).
-            self.shortcut = nn.Sequential()
-            self.shortcut.add_module("conv", nn.Conv3d(in_width, out_width, 1, stride=stride, bias=False))
-            if in_width != out_width:
-                self.shortcut.add_module("bn", nn.BatchNorm3d(out_width))
+        self.shortcut = x3d_shortcut(in_width, out_width, spatial_stride)  # X3D's, BN only on a width change
         self.conv_a = nn.Conv3d(in_width, inner_width, kernel_size=1, bias=False)
         self.bn_a = nn.BatchNorm3d(inner_width)
         self.relu = nn.ReLU(inplace=True)

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kinetoscope.layers.init import he_fan_out_init_
 from kinetoscope.registry import register_model
 
 
@@ -276,7 +277,7 @@ class VideoResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[3] * expansion, num_classes)
-        self._init_weights()
+        he_fan_out_init_(self)  # torchvision's: He fan-out convs, unit BN, small-normal classifier
 
     def _make_layer(
         self, block: Block, conv_builder: ConvBuilder, planes: int, blocks: int, stride: int
@@ -299,20 +300,6 @@ class VideoResNet(nn.Module):
         for _ in range(1, blocks):
             layers.append(block(self.in_planes, planes, conv_builder, 1, None, self.expansion))
         return nn.Sequential(*layers)
-
-    def _init_weights(self) -> None:
-        # torchvision's initialisation: He (fan-out) for convs, unit BN, small-normal classifier.
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, T, H, W] -> [B, 512·expansion, T', H', W']`` (output of ``layer4``)."""

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kinetoscope.layers.init import he_fan_out_init_
 from kinetoscope.layers.twostream import FUSION_KINDS, SpatialFusion, pool3d, stack_flow
 from kinetoscope.models.resnet3d import BasicBlock, Bottleneck, Conv3DNoTemporal, VideoResNet
 from kinetoscope.registry import register_model
@@ -105,7 +106,7 @@ class FrameResNet(VideoResNet):
         self.default_input = (in_channels, 16, 224, 224)
         for name in ("layer2", "layer3", "layer4"):
             self._place_stride(getattr(self, name))
-        self._init_weights()
+        he_fan_out_init_(self)
 
     def _place_stride(self, stage: nn.Sequential) -> None:
         first = stage[0]

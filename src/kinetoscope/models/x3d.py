@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kinetoscope.layers.init import he_fan_out_init_
 from kinetoscope.registry import register_model
 
 
@@ -90,6 +91,19 @@ class X3DStem(nn.Module):
         return self.relu(self.bn(self.temporal(self.spatial(x))))
 
 
+def x3d_shortcut(in_width: int, out_width: int, spatial_stride: int) -> nn.Sequential | None:
+    """X3D's shortcut: identity (``None``) or a 1x1x1 projection at the block's spatial stride, with BN only
+    when the width changes (PyTorchVideo's layout; state_dict keys ``conv``, ``bn``)."""
+    if in_width == out_width and spatial_stride == 1:
+        return None
+    shortcut = nn.Sequential()
+    stride = (1, spatial_stride, spatial_stride)
+    shortcut.add_module("conv", nn.Conv3d(in_width, out_width, kernel_size=1, stride=stride, bias=False))
+    if in_width != out_width:
+        shortcut.add_module("bn", nn.BatchNorm3d(out_width))
+    return shortcut
+
+
 class X3DBlock(nn.Module):
     """X3D bottleneck with channelwise 3x3x3 conv, optional SE and swish (see the module docstring)."""
 
@@ -104,14 +118,7 @@ class X3DBlock(nn.Module):
     ):
         super().__init__()
         stride = (1, spatial_stride, spatial_stride)
-        self.shortcut: nn.Sequential | None = None
-        if in_width != out_width or spatial_stride != 1:
-            shortcut = {"conv": nn.Conv3d(in_width, out_width, kernel_size=1, stride=stride, bias=False)}
-            if in_width != out_width:
-                shortcut["bn"] = nn.BatchNorm3d(out_width)
-            self.shortcut = nn.Sequential()
-            for name, module in shortcut.items():
-                self.shortcut.add_module(name, module)
+        self.shortcut = x3d_shortcut(in_width, out_width, spatial_stride)
         self.conv_a = nn.Conv3d(in_width, inner_width, kernel_size=1, bias=False)
         self.bn_a = nn.BatchNorm3d(inner_width)
         self.conv_b = nn.Conv3d(
@@ -199,22 +206,7 @@ class X3D(nn.Module):
         self.head = X3DHead(in_width, inner_width, head_width)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(head_width, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # PyTorchVideo's init_net_weights: He (fan-out) convs, unit BN, small-normal classifier.
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        he_fan_out_init_(self)  # PyTorchVideo's init_net_weights
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, T, H, W] -> [B, 192, T, H/32, W/32]`` (output of ``layer4``)."""
