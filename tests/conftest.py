@@ -49,3 +49,22 @@ def write_motion_dataset(root: Path, per_class: int = 24, frames: int = 8, size:
 @pytest.fixture
 def motion_dataset(tmp_path: Path) -> Path:
     return write_motion_dataset(tmp_path / "motion")
+
+
+@pytest.fixture
+def untrained_run(tmp_path: Path, motion_dataset: Path) -> Path:
+    """A run directory with an untrained cnn3d on the motion dataset (weights + config only)."""
+    import yaml
+
+    from kinetoscope.models import create_model
+    from kinetoscope.models.checkpoint import save_run_model
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    options = {"hidden": 4, "blocks": 2, "input_size": 16, "frames": 8}
+    spec = {"name": "cnn3d", "num_classes": 2, "in_channels": 1, "options": options, "classes": ["left", "right"]}
+    save_run_model(create_model("cnn3d", 2, 1, **options), run, spec)
+    config = {"data": {"root": str(motion_dataset), "val_split": "val", "frames": 8}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run

@@ -41,26 +41,6 @@ def test_video_aggregation_mean_vote_and_topk():
     np.testing.assert_allclose(top[0], [(0.9 + 0.4) / 2, (0.7 + 0.6) / 2])
 
 
-@pytest.fixture
-def untrained_run(tmp_path, motion_dataset):
-    """A run directory with an untrained cnn3d on the motion dataset (weights + config only)."""
-    import torch
-    import yaml
-
-    from kinetoscope.models import create_model
-    from kinetoscope.models.checkpoint import save_run_model
-
-    torch.manual_seed(0)
-    run = tmp_path / "run"
-    run.mkdir()
-    options = {"hidden": 4, "blocks": 2, "input_size": 16, "frames": 8}
-    spec = {"name": "cnn3d", "num_classes": 2, "in_channels": 1, "options": options, "classes": ["left", "right"]}
-    save_run_model(create_model("cnn3d", 2, 1, **options), run, spec)
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(motion_dataset), "val_split": "val",
-                                                              "frames": 8}}))
-    return run
-
-
 def test_predict_run_leaves_the_callers_grad_mode_alone_and_rejects_unknown_aggregations(untrained_run):
     import torch
 

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -44,29 +43,11 @@ def test_welch_t_test_and_table_shaped_like_tables_3_and_4():
     assert rows[2][0] == "Welch p" and float(rows[2][1]) == pytest.approx(expected.pvalue, rel=0.05)
 
 
-@pytest.fixture
-def cnn3d_run(tmp_path, motion_dataset):
-    """A run directory with an untrained cnn3d on the motion dataset (weights + config only)."""
-    from kinetoscope.models import create_model
-    from kinetoscope.models.checkpoint import save_run_model
-
-    torch.manual_seed(0)
-    run = tmp_path / "run"
-    run.mkdir()
-    options = {"hidden": 4, "blocks": 2, "input_size": 16, "frames": 8}
-    model = create_model("cnn3d", 2, 1, **options)
-    save_run_model(model, run, {"name": "cnn3d", "num_classes": 2, "in_channels": 1, "options": options,
-                                "classes": ["left", "right"]})
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(motion_dataset), "val_split": "val",
-                                                              "frames": 8}}))
-    return run
-
-
-def test_explain_run_writes_gifs_sheets_index_and_statistics(cnn3d_run):
+def test_explain_run_writes_gifs_sheets_index_and_statistics(untrained_run):
     from kinetoscope.explain import explain_run, explanations_section
 
-    out = explain_run(cnn3d_run, method="temporal-mask,gradcam", clips=3, iterations=20)
-    assert out == cnn3d_run / "explanations"
+    out = explain_run(untrained_run, method="temporal-mask,gradcam", clips=3, iterations=20)
+    assert out == untrained_run / "explanations"
     with open(out / "index.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted({r["method"] for r in rows}) == ["gradcam", "temporal-mask"] and len(rows) == 6
@@ -81,34 +62,34 @@ def test_explain_run_writes_gifs_sheets_index_and_statistics(cnn3d_run):
     stats = (out / "statistics.json").read_text()
     assert "mask_length" in stats and "blob_count" in stats
     # explaining the same clips again replaces their rows instead of duplicating them
-    explain_run(cnn3d_run, method="gradcam", clips=3)
+    explain_run(untrained_run, method="gradcam", clips=3)
     with open(out / "index.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6
-    section = explanations_section(cnn3d_run)
+    section = explanations_section(untrained_run)
     assert section.count("data:image/gif;base64,") == 3 and "mask length" in section
 
 
-def test_explain_run_takes_the_validation_subjects_of_a_subject_split_run(cnn3d_run, motion_dataset):
+def test_explain_run_takes_the_validation_subjects_of_a_subject_split_run(untrained_run, motion_dataset):
     from kinetoscope.explain import explain_run
 
     # a leave-subjects-out run: its validation part is subject s1 (videos i % 4 == 1), not the split column
-    (cnn3d_run / "config.yaml").write_text(yaml.safe_dump({"data": {
+    (untrained_run / "config.yaml").write_text(yaml.safe_dump({"data": {
         "root": str(motion_dataset), "val_split": "val", "val_subjects": ["s1"], "frames": 8}}))
-    out = explain_run(cnn3d_run, method="gradcam", clips=6, render=False)
+    out = explain_run(untrained_run, method="gradcam", clips=6, render=False)
     with open(out / "index.csv") as fh:
         videos = [r["video_id"] for r in csv.DictReader(fh)]
     assert len(videos) == 6 and all(int(v.split("_")[1]) % 4 == 1 for v in videos)
 
 
-def test_explain_run_rejects_unknown_methods_and_options(cnn3d_run):
+def test_explain_run_rejects_unknown_methods_and_options(untrained_run):
     from kinetoscope.explain import explain_run
 
     with pytest.raises(KeyError, match="temporal-mask"):
-        explain_run(cnn3d_run, method="temporal-masks", clips=1)
+        explain_run(untrained_run, method="temporal-masks", clips=1)
     with pytest.raises(ValueError, match="no_such_option"):
-        explain_run(cnn3d_run, method="gradcam", clips=1, no_such_option=3)
+        explain_run(untrained_run, method="gradcam", clips=1, no_such_option=3)
     with pytest.raises(KeyError, match="nope"):
-        explain_run(cnn3d_run, method="gradcam", clips=["nope"])
+        explain_run(untrained_run, method="gradcam", clips=["nope"])
 
 
 def test_gif_has_three_panels_and_a_mask_strip(tmp_path):
