@@ -31,14 +31,16 @@ img { max-width: 100%; } .gifs { display: flex; flex-wrap: wrap; gap: 1rem; }
 """
 
 
-def _img(path: Path, alt: str = "", css: str = "") -> str:
+def html_img(path: Path, alt: str = "", css: str = "") -> str:
+    """An ``<img>`` with the PNG/GIF inlined as a data URI (reports are one self-contained file)."""
     kind = "gif" if path.suffix.lower() == ".gif" else "png"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     style = f' style="{css}"' if css else ""
     return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}"{style}>'
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def html_fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` decimals, missing values as an en dash, text escaped."""
     if value is None or value == "":
         return "–"
     if isinstance(value, float):
@@ -46,13 +48,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def html_table(header: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table of ``rows`` under ``header``, cells formatted by :func:`html_fmt`."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """A complete HTML page with the report style sheet around ``body``."""
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
@@ -74,19 +78,19 @@ def run_section(run_dir: Path, figures: Path, label: str | None = None) -> str:
         f"{html.escape(json.dumps(summary.get('model_options', {})))}, "
         f"{summary.get('params', 0):,} parameters; trained {summary.get('epochs_trained', '?')} epochs in "
         f"{summary.get('train_seconds', 0):.0f} s ({html.escape(str(summary.get('stopped_by', '')))}); "
-        f"best validation accuracy {_fmt(summary.get('best_val_acc'))}.</p>"
+        f"best validation accuracy {html_fmt(summary.get('best_val_acc'))}.</p>"
     )
     if (run_dir / "metrics.csv").is_file():
         curve = training_curves({label: run_dir / "metrics.csv"}, figures / f"{run_dir.name}_curves.png")
-        parts.append(_img(curve, f"{label} training curves"))
+        parts.append(html_img(curve, f"{label} training curves"))
     evaluations = summary.get("evaluations", {})
     if evaluations:
         rows = [[name, e.get("domain") or "", "yes" if e.get("reverse") else "", e.get("n"), e.get("accuracy"),
                  e.get("macro_f1"), e.get("rr")] for name, e in evaluations.items()]
-        parts.append(_table(["evaluation", "domain", "reversed", "clips", "accuracy", "macro-F1", "rr"], rows))
+        parts.append(html_table(["evaluation", "domain", "reversed", "clips", "accuracy", "macro-F1", "rr"], rows))
     val = _load_json(run_dir / "evaluations" / "val.json")
     if val:
-        parts.append(_img(confusion_plot(val, figures / f"{run_dir.name}_confusion.png",
+        parts.append(html_img(confusion_plot(val, figures / f"{run_dir.name}_confusion.png",
                                          title=f"{label}: validation"), "confusion matrix"))
     parts.append(explanations_section(run_dir))
     return "\n".join(parts)
@@ -98,7 +102,7 @@ def build_run_report(run_dir: Path) -> Path:
     body = f"<h1>kinetoscope run: {html.escape(summary.get('name', run_dir.name))}</h1>"
     body += run_section(run_dir, figures)
     path = run_dir / "report.html"
-    atomic_write_text(path, _page(f"kinetoscope — {run_dir.name}", body))
+    atomic_write_text(path, html_page(f"kinetoscope — {run_dir.name}", body))
     return path
 
 
@@ -127,18 +131,18 @@ def build_study_report(study_dir: Path) -> Path:
         rr_rows.append([label, *[evals.get(c[0], {}).get("rr") for c in columns[1:]]])
     body.append("<h2>Results</h2>")
     body.append("<p class='muted'>Accuracy per evaluation (chance "
-                f"{_fmt(study.get('chance'))}). rr = target accuracy / best source validation accuracy "
+                f"{html_fmt(study.get('chance'))}). rr = target accuracy / best source validation accuracy "
                 "(seed 000 [T] §5.3).</p>")
-    body.append(_table(header, rows))
+    body.append(html_table(header, rows))
     if len(columns) > 1:
-        body.append(_table(["rr", *[c[1] for c in columns[1:]]], rr_rows))
+        body.append(html_table(["rr", *[c[1] for c in columns[1:]]], rr_rows))
     if bars:
-        body.append(_img(domain_bars(bars, figures / "accuracy_bars.png", chance=study.get("chance")),
+        body.append(html_img(domain_bars(bars, figures / "accuracy_bars.png", chance=study.get("chance")),
                          "accuracy per domain"))
     curves = {label: d / "metrics.csv" for label, d in runs.items() if (d / "metrics.csv").is_file()}
     if curves:
         body.append("<h2>Training curves</h2>")
-        body.append(_img(training_curves(curves, figures / "training_curves.png"), "training curves"))
+        body.append(html_img(training_curves(curves, figures / "training_curves.png"), "training curves"))
     previews = study.get("previews", {})
     if previews:
         body.append("<h2>Sample clips</h2><div class='gifs'>")
@@ -146,7 +150,7 @@ def build_study_report(study_dir: Path) -> Path:
             for gif in gifs:
                 p = study_dir / gif
                 if p.is_file():
-                    body.append(f"<figure>{_img(p, p.stem)}<figcaption>{html.escape(group)}: "
+                    body.append(f"<figure>{html_img(p, p.stem)}<figcaption>{html.escape(group)}: "
                                 f"{html.escape(p.stem)}</figcaption></figure>")
         body.append("</div>")
     for label, run_dir in runs.items():
@@ -154,7 +158,7 @@ def build_study_report(study_dir: Path) -> Path:
     if study.get("notes"):
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in study["notes"]) + "</ul>")
     path = study_dir / "report.html"
-    atomic_write_text(path, _page(study.get("title", "kinetoscope"), "\n".join(body)))
+    atomic_write_text(path, html_page(study.get("title", "kinetoscope"), "\n".join(body)))
     return path
 
 

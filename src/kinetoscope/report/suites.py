@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kinetoscope.report.html import _fmt, _img, _table  # noqa: E402
+from kinetoscope.report.html import html_fmt, html_img, html_table  # noqa: E402
 from kinetoscope.report.plots import _save  # noqa: E402
 
 DOMAIN_TITLES = {"2dot": "2Dot", "5dot": "5Dot", "mnist": "MNIST", "mnist-bg": "MNIST-bg"}
@@ -108,8 +108,8 @@ def temporal_shapes_section(study_dir: Path, table: dict[str, Any], source: str,
     if any(table["families"][f]["rr"] for f in families):
         by_h, by_params = rr_plots(table, study_dir / "figures")
         parts.append("<h3>Robustness ratio vs width and vs parameter count</h3>")
-        parts.append(_img(by_h, "rr vs h"))
-        parts.append(_img(by_params, "rr vs parameters"))
+        parts.append(html_img(by_h, "rr vs h"))
+        parts.append(html_img(by_params, "rr vs parameters"))
     return "\n".join(parts)
 
 
@@ -137,7 +137,7 @@ def reversal_section(rows: list[dict[str, Any]]) -> str:
     return ("<h2>Reversal</h2><p class='muted'>Accuracy on the evaluation split with the frames of every "
             "clip in their original order and reversed (seed 001 [P] §4.2, Table 1). A model that uses the "
             "order of frames loses accuracy under reversal; Δ = original − reversed.</p>"
-            + _table(["run", "model", "params", "clips", "original", "reversed", "Δ", "reversed / original"],
+            + html_table(["run", "model", "params", "clips", "original", "reversed", "Δ", "reversed / original"],
                      table_rows))
 
 
@@ -157,19 +157,19 @@ def appearance_free_section(rows: list[dict[str, Any]], leakage: dict[str, dict[
                            _pct(_delta(r.get("rgb"), r.get("appearance_free")))])
     parts = ["<h2>RGB vs appearance-free</h2>",
              "<p class='muted'>Top-1 % on the validation split of the RGB dataset and of its appearance-free "
-             "version (seed 003 Table 4.1; Δ = RGB − appearance-free).</p>", _table(header, table_rows)]
+             "version (seed 003 Table 4.1; Δ = RGB − appearance-free).</p>", html_table(header, table_rows)]
     if leakage:
         lines = []
         for key, title in (("rgb", rgb_name), ("appearance_free", af_name)):
             probe = leakage.get(key)
             if probe:
                 lines.append([title, probe["n_test"], _pct(probe["accuracy"]), _pct(probe["chance"]),
-                              f"{_pct(probe['ci_low'])}–{_pct(probe['ci_high'])}", _fmt(probe["p_value"], 4)])
+                              f"{_pct(probe['ci_low'])}–{_pct(probe['ci_high'])}", html_fmt(probe["p_value"], 4)])
         parts.append("<h3>Leakage probe</h3><p class='muted'>A single-frame classifier (logistic regression on "
                      "the pixels of single frames) trained and tested on frames of each version; appearance-free "
                      "frames must be at chance (seed 003 §4.4: 65.6 % RGB vs 1.1 % AFD101, chance 0.99 %). "
                      "Interval: 95 % Clopper–Pearson; p: two-sided binomial test against chance.</p>")
-        parts.append(_table(["frames", "test frames", "accuracy %", "chance %", "95 % CI", "p"], lines))
+        parts.append(html_table(["frames", "test frames", "accuracy %", "chance %", "95 % CI", "p"], lines))
     return "\n".join(parts)
 
 
@@ -208,7 +208,7 @@ def domain_ratio_section(accuracies: dict[str, dict[str, float]]) -> str:
             "S2: the actor's box over a blurred background; T: the actor's box filled with the mean pixel, "
             "background kept (seed 000 [T] §5.4). S1/V, S2/V ↑; T/V, T/S1 ↓. * when a low T/V result is not "
             "accompanied by T/S1 &lt; 1.</p>"
-            + _table(["model", "S1/V ↑", "S2/V ↑", "T/V ↓", "T/S1 ↓"], table_rows))
+            + html_table(["model", "S1/V ↑", "S2/V ↑", "T/V ↓", "T/S1 ↓"], table_rows))
 
 
 __all__ = ["appearance_free_section", "domain_ratio_rows", "domain_ratio_section", "reversal_section", "rr_plots",

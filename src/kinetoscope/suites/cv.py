@@ -473,7 +473,7 @@ def build_cv_report(out_dir: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kinetoscope.report.html import _img, _page, _table
+    from kinetoscope.report.html import html_img, html_page, html_table
     from kinetoscope.utils import atomic_path
 
     out_dir = Path(out_dir)
@@ -500,7 +500,7 @@ def build_cv_report(out_dir: str | Path) -> Path:
                 f"{acc['mean']:.3f} ± {acc['std']:.3f} ({acc['std_over_subjects']:.3f})",
             ]
         )
-    body.append("<h2>Summary</h2>" + _table(["level", "macro-F1", "accuracy"], rows))
+    body.append("<h2>Summary</h2>" + html_table(["level", "macro-F1", "accuracy"], rows))
     if summary.get("mean_best_epoch") is not None:
         body.append(
             f"<p class='muted'>mean best epoch {summary['mean_best_epoch']:.1f} (transfer trains "
@@ -511,7 +511,7 @@ def build_cv_report(out_dir: str | Path) -> Path:
         if path.is_file():
             with open(path, newline="") as fh:
                 table = list(csv.reader(fh))
-            body.append(f"<h2>{title}</h2>" + _table(table[0], table[1:]))
+            body.append(f"<h2>{title}</h2>" + html_table(table[0], table[1:]))
     subjects_path = out_dir / "subjects.csv"
     if subjects_path.is_file():
         with open(subjects_path, newline="") as fh:
@@ -530,9 +530,9 @@ def build_cv_report(out_dir: str | Path) -> Path:
         with atomic_path(figure) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        body.append(_img(figure, "macro-F1 per test subject"))
+        body.append(html_img(figure, "macro-F1 per test subject"))
     path = out_dir / "report.html"
-    atomic_write_text(path, _page(f"kinetoscope cv — {out_dir.name}", "\n".join(body)))
+    atomic_write_text(path, html_page(f"kinetoscope cv — {out_dir.name}", "\n".join(body)))
     return path
 
 
