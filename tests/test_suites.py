@@ -114,6 +114,7 @@ def test_shape_texture_suite_on_dot_clips_with_known_masks(tiny_study, tmp_path)
 
 
 def test_appearance_free_suite_table_has_rgb_af_and_delta(motion_dataset, tmp_path):
+    from kinetoscope.models.checkpoint import load_run_config
     from kinetoscope.suites.appearance_free import run_appearance_free_suite
 
     report = run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",),
@@ -125,7 +126,21 @@ def test_appearance_free_suite_table_has_rgb_af_and_delta(motion_dataset, tmp_pa
     assert float(model["delta"]) == pytest.approx(float(model["rgb"]) - float(model["appearance_free"]))
     assert rows[-1]["model"] == "single-frame probe"
     leakage = json.loads((tmp_path / "af" / "leakage.json").read_text())
-    assert leakage["appearance_free"]["chance"] == pytest.approx(0.5)
+    assert leakage["probes"]["appearance_free"]["chance"] == pytest.approx(0.5)
+    assert leakage["settings"]["frames_per_video"] == 4
     assert "RGB vs appearance-free" in report.read_text()
+
+    # a re-run with the same settings reuses the finished runs; a changed option retrains, never reuses
+    weights = tmp_path / "af" / "runs" / "cnn3d-rgb" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",), af_data=tmp_path / "af" /
+                              "data" / "appearance-free", model_options={"cnn3d": {"hidden": 2}},
+                              train={"max_epochs": 1, "batch_size": 16})
+    assert weights.stat().st_mtime_ns == stamp
+    run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",), af_data=tmp_path / "af" /
+                              "data" / "appearance-free", model_options={"cnn3d": {"hidden": 3}},
+                              train={"max_epochs": 1, "batch_size": 16})
+    assert weights.stat().st_mtime_ns != stamp
+    assert load_run_config(weights.parent)["model"]["hidden"] == 3
     with pytest.raises(ValueError, match=r"\['hidden'\] name no model"):  # not silently ignored
         run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",), model_options={"hidden": 2})

@@ -105,29 +105,42 @@ def single_frame_probe(
             "classifier": "logistic regression on pixels", "dataset": str(store.root)}
 
 
+def _differs(requested: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether any value of ``requested`` (nested) differs from the same key of a run's stored config."""
+    for key, value in requested.items():
+        if isinstance(value, dict):
+            if not isinstance(stored.get(key), dict) or _differs(value, stored[key]):
+                return True
+        elif stored.get(key) != value:
+            return True
+    return False
+
+
 def _train_run(out_dir: Path, name: str, data_root: Path, model: str, options: dict[str, Any],
                train: dict[str, Any], seed: int) -> Path:
     from kinetoscope.config import build_config
     from kinetoscope.evaluate.run import predict_run
+    from kinetoscope.models.checkpoint import load_run_config
     from kinetoscope.train import fit
 
     run_dir = out_dir / "runs" / name
-    summary_path = run_dir / "summary.json"
-    if (run_dir / "model.safetensors").is_file() and summary_path.is_file():
-        if "val" in json.loads(summary_path.read_text()).get("evaluations", {}):
-            return run_dir
-    if not (run_dir / "model.safetensors").is_file():
+    requested = {
+        "data": {"root": str(data_root), "batch_size": train["batch_size"]},
+        "model": {"name": model, **options},
+        "optim": {"name": train["optimizer"], "lr": train["lr"], "weight_decay": train["weight_decay"]},
+        "train": {"max_epochs": train["max_epochs"], "patience": train["patience"], "seed": seed},
+    }
+    config = build_config({"name": name, "out_dir": str(out_dir / "runs"), **requested,
+                           "train": {**requested["train"], "progress": False}})
+    if (run_dir / "config.yaml").is_file() and _differs(requested, load_run_config(run_dir)):
+        _log(f"{name}: the data, model, seed or training settings changed since it was trained; retraining")
+        fit(config, overwrite=True)
+    elif not ((run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file()):
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
         _log(f"training {name}" + (" (resuming)" if resume else ""))
-        config = build_config({
-            "name": name, "out_dir": str(out_dir / "runs"),
-            "data": {"root": str(data_root), "batch_size": train["batch_size"]},
-            "model": {"name": model, **options},
-            "optim": {"name": train["optimizer"], "lr": train["lr"], "weight_decay": train["weight_decay"]},
-            "train": {"max_epochs": train["max_epochs"], "patience": train["patience"], "seed": seed,
-                      "progress": False},
-        })
         fit(config, overwrite=not resume, resume=resume)
+    elif "val" in json.loads((run_dir / "summary.json").read_text()).get("evaluations", {}):
+        return run_dir  # finished with these settings
     predict_run(run_dir)
     return run_dir
 
@@ -151,7 +164,9 @@ def run_appearance_free_suite(
     ``data``: an RGB dataset with train/val splits. ``af_data``: its appearance-free version
     (default: generated into ``out_dir/data/appearance-free`` with ``flow_method``, ``mode``,
     ``placement``, ``grayscale``). ``model_options``: per-model options (e.g. ``{"cnn3d": {"hidden":
-    8}}``); ``train``: overrides of :data:`TRAIN_DEFAULTS`."""
+    8}}``); ``train``: overrides of :data:`TRAIN_DEFAULTS`. Re-running resumes: a finished run with the
+    same data, model options, seed and training settings is reused, one whose settings changed is
+    retrained, and the single-frame probe is repeated when its data or settings changed."""
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.report.html import build_report
     from kinetoscope.report.suites import appearance_free_section
@@ -178,11 +193,15 @@ def run_appearance_free_suite(
     versions = {"rgb": rgb_root, "appearance_free": af_root}
 
     leakage_path = out_dir / "leakage.json"
-    leakage = json.loads(leakage_path.read_text()) if leakage_path.is_file() else {}
-    if set(leakage) != set(versions):
-        leakage = {key: single_frame_probe(root, frames_per_video=probe_frames, seed=seed)
-                   for key, root in versions.items()}
-        atomic_write_json(leakage_path, leakage)
+    probe_settings = {"data": {k: str(v) for k, v in versions.items()}, "frames_per_video": probe_frames,
+                      "seed": seed}
+    stored = json.loads(leakage_path.read_text()) if leakage_path.is_file() else {}
+    if stored.get("settings") != probe_settings:  # first run, or other data / probe settings: probe again
+        stored = {"settings": probe_settings,
+                  "probes": {key: single_frame_probe(root, frames_per_video=probe_frames, seed=seed)
+                             for key, root in versions.items()}}
+        atomic_write_json(leakage_path, stored)
+    leakage = stored["probes"]
 
     rows, runs = [], {}
     frames = DatasetStore(rgb_root).meta().get("frames")
