@@ -73,6 +73,7 @@ def test_resume_continues_from_the_last_checkpoint(motion_dataset, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert rows[:2] == first  # history kept, not retrained
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4 * 4
+    assert "max_epochs: 4" in (run / "config.yaml").read_text()  # the config the run finished under
 
 
 def test_cosine_schedule_follows_seed_002_formula_per_step(motion_dataset, tmp_path):

@@ -36,6 +36,8 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False, resume: bool = F
     if resume:
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoints' / 'last.ckpt'} does not exist")
+        # the run continues under this config (e.g. a larger max_epochs): config.yaml must say so
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
