@@ -33,8 +33,9 @@ def seed_worker(worker_id: int) -> None:
 
 
 class VideoDataModule(L.LightningDataModule):
-    """Train/val/test ``ClipDataset`` s and their loaders. ``size`` (crop) enables augmentation for
-    training and a centre crop for evaluation; ``None`` leaves frames as cached."""
+    """Train/val/test ``ClipDataset`` s and their loaders. ``augment`` gives training clips a random
+    start (temporal jitter) and, with ``size`` (crop), the spatial train augmentation; evaluation gets a
+    centre crop to ``size``. ``size=None`` leaves frames as cached."""
 
     def __init__(
         self,
