@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 
 from kinetoscope.data.sampling import (
-    ClipError,
     dense_windows,
     jitter_window,
     jittered_uniform,
     oversample_starts,
     plan_clips,
     random_stride_window,
-    segment_range,
     uniform_indices,
     window_starts,
 )
@@ -96,13 +94,6 @@ def test_jitter_stays_inside_the_video_and_is_reproducible() -> None:
     a = jittered_uniform(100, 8, np.random.default_rng(3))
     b = jittered_uniform(100, 8, np.random.default_rng(3))
     assert a.tolist() == b.tolist()
-
-
-def test_segment_range_and_a_segment_longer_than_the_video() -> None:
-    assert segment_range(2.0, 5.0, 2.0, 20) == (4, 10)
-    assert segment_range(None, None, 2.0, 20) == (0, 20)
-    with pytest.raises(ClipError, match="the video has 20 frames"):
-        segment_range(5.0, 30.0, 2.0, 20)
 
 
 def test_window_starts_rejects_bad_parameters() -> None:

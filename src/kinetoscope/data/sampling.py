@@ -8,13 +8,15 @@ Strategies (all return frame indices into a cached video of ``num_frames`` frame
   §3.1–3.3: ``L = 10``, ``S = 10`` at 2 fps; seed 003 "f×r" clips use stride ``r`` inside a window).
 * **jitter** (training) — uniform sampling with one random index per segment (seed 003 §train,
   "uniform temporal sampling with jitter, random start"), a random shift of a dense window, or a
-  random start and random frame spacing ``τ`` from a range (seed 004 Ch. 3, frame-rate jitter).
+  random start and random frame spacing ``τ`` from a range (seed 004 Ch. 3, frame-rate jitter:
+  :func:`random_stride_window`, a building block for custom datasets; ``ClipDataset`` does not use it).
 * **oversampling** — seed 000 [T] §3.3: extra windows for every non-majority class start on the grid
   ``L/2 + k·S``, maximally off the regular grid; ``n_resample = n_major − n_class`` clips, ``int(n_resample
   / M)`` per video, spread evenly over the valid starts (M = videos of that class, following the
   authors' code; the thesis text says all videos), topped up one clip per randomly chosen video until
   exactly ``n_resample``. Generalised from two classes to many by balancing each class to the largest.
-* **segments** — start/end seconds -> a frame range; a segment beyond the video is an error.
+* **segments** — start/end seconds are cut when the video is decoded (``data.video.decode_video``,
+  used by ``data prepare``); a segment beyond the video is a named problem, not a shorter clip.
 
 A clip never silently crosses a video end: a video shorter than the clip is either padded by
 repeating its last frame (``short="pad"``) or skipped (``short="skip"``), and both are counted in a
@@ -159,22 +161,6 @@ def random_stride_window(
         return None if short == "skip" else pad_indices(np.arange(length), num_frames)
     start = int(rng.integers(0, num_frames - span + 1))
     return start + np.arange(length) * tau
-
-
-def segment_range(start: float | None, end: float | None, fps: float, num_frames: int) -> tuple[int, int]:
-    """Frame range ``[first, stop)`` of the segment ``[start, end)`` seconds at ``fps``.
-
-    Raises :class:`ClipError` when the segment reaches past the video (more than one frame)."""
-    first = int(np.ceil((start or 0.0) * fps - 1e-6))
-    stop = num_frames if end is None else int(np.ceil(end * fps - 1e-6))
-    if stop > num_frames + 1 or first >= num_frames:
-        raise ClipError(
-            f"segment [{start}, {end}) s needs frames {first}..{stop - 1} at {fps} fps but the video "
-            f"has {num_frames} frames ({num_frames / fps:.2f} s)"
-        )
-    if stop <= first:
-        raise ClipError(f"segment [{start}, {end}) s holds no frame at {fps} fps")
-    return first, min(stop, num_frames)
 
 
 def oversample_starts(
