@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kinetoscope.data.cache import DatasetStore
+from kinetoscope.config import build_config
 from kinetoscope.data.datamodule import VideoDataModule
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.index import VideoRecord
@@ -101,18 +102,25 @@ def test_datamodule_with_loso_fold_is_reproducible(tmp_path: Path) -> None:
     make_store(tmp_path, [30] * 9)
     store = DatasetStore(tmp_path)
     fold = leave_one_subject_out(store.records())[0]
+    config = build_config({
+        "data": {"root": str(tmp_path), "frames": 6, "batch_size": 3, "size": 6, "augment": True, "jitter": True,
+                 "train_subjects": list(fold.train_subjects), "val_subjects": list(fold.val_subjects),
+                 "test_subjects": list(fold.test_subjects)},
+        "train": {"seed": 5},
+    })
 
     def first_batch() -> torch.Tensor:
-        dm = VideoDataModule(tmp_path, frames=6, batch_size=3, seed=5, size=6, fold=fold)
+        dm = VideoDataModule(config)
         dm.setup()
         torch.manual_seed(123)
         return next(iter(dm.train_dataloader()))["video"]
 
     a, b = first_batch(), first_batch()
     assert a.shape == (3, 3, 6, 6, 6) and torch.equal(a, b)
-    dm = VideoDataModule(tmp_path, frames=6, fold=fold)
+    dm = VideoDataModule(config)
     dm.setup()
     assert {r.subject for r in dm.datasets["test"].records} == set(fold.test_subjects)
+    assert {r.subject for r in dm.datasets["train"].records} == set(fold.train_subjects)
 
 
 def test_a_non_numeric_annotation_value_names_the_file_video_and_column(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_shape_texture_suite_on_dot_clips_with_known_masks(tiny_study, tmp_path)
 
 
 def test_appearance_free_suite_table_has_rgb_af_and_delta(motion_dataset, tmp_path):
-    from kinetoscope.models.checkpoint import load_run_config
+    from kinetoscope.config import RunConfig
     from kinetoscope.suites.appearance_free import run_appearance_free_suite
 
     report = run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",),
@@ -141,6 +141,6 @@ def test_appearance_free_suite_table_has_rgb_af_and_delta(motion_dataset, tmp_pa
                               "data" / "appearance-free", model_options={"cnn3d": {"hidden": 3}},
                               train={"max_epochs": 1, "batch_size": 16})
     assert weights.stat().st_mtime_ns != stamp
-    assert load_run_config(weights.parent)["model"]["hidden"] == 3
+    assert RunConfig.load(weights.parent).model.options["hidden"] == 3
     with pytest.raises(ValueError, match=r"\['hidden'\] name no model"):  # not silently ignored
         run_appearance_free_suite(motion_dataset, tmp_path / "af", models=("cnn3d",), model_options={"hidden": 2})

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,44 @@ class DataConfig(_Strict):
     stride: int | None = Field(None, ge=1, description="dense windows: frames between starts")
     oversample: bool = Field(False, description="seed-000 extra minority-class windows (dense sampling)")
     flow: bool = Field(False, description="load cached optical flow (implied by two-stream models)")
+    size: int | None = Field(
+        None, ge=1, description="square crop side fed to the model: training draws a random resized crop "
+        "(with augment), evaluation resizes to cover it and takes the centre; None = frames as cached")
+    augment: bool = Field(False, description="training clips get a random resized crop (needs size), a "
+                          "horizontal flip (negating flow u) and colour jitter, one draw per clip")
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="random resized crop: area fraction range")
+    color_jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast/saturation factor range ±x")
+    shading: float = Field(0.0, ge=0, description="std of one Gaussian noise field added to every frame "
+                           "(Broomé 2022 §3.2 shading); 0 = off")
+    jitter: bool = Field(False, description="temporal jitter: training clips re-draw their frame positions "
+                         "on every access (segment-random uniform frames, shifted dense windows)")
+    frame_rate_jitter: tuple[int, int] | None = Field(
+        None, description="[lo, hi]: training clips space their frames by a random stride tau in lo..hi "
+        "from a random start (Feichtenhofer 2017 Ch. 3); needs frames")
+    normalize: Literal["auto", "imagenet", "kinetics", "none"] | tuple[list[float], list[float]] = Field(
+        "auto", description="RGB standardisation: imagenet, kinetics, none, or [mean, std] lists of one "
+        "value per channel; auto = the recipe of the init_from weights, else none")
+    flow_normalize: Literal["none", "minmax"] = Field(
+        "none", description="minmax: each flow frame scaled to [0, 1] over all channels, in 1/255 steps "
+        "(Broomé 2022 §3.3: flow stored as 0-255 images, divided by 255)")
+    @field_validator("normalize")
+    @classmethod
+    def _mean_std(cls, value: Any) -> Any:
+        if isinstance(value, tuple):
+            mean, std = value
+            if not mean or len(mean) != len(std):
+                raise ValueError(f"[mean, std] need one value per channel each, got {len(mean)} and {len(std)}")
+            if min(std) <= 0:
+                raise ValueError(f"std values must be positive, got {std}")
+        return value
+
+    @field_validator("frame_rate_jitter")
+    @classmethod
+    def _stride_range(cls, value: Any) -> Any:
+        if value is not None and not 1 <= value[0] <= value[1]:
+            raise ValueError(f"need 1 <= lo <= hi, got {list(value)}")
+        return value
+
     train_subjects: list[str] | None = Field(
         None, description="subject-exclusive folds: only these subjects train; the split column is ignored")
     val_subjects: list[str] | None = None
@@ -66,10 +104,14 @@ class TrainConfig(_Strict):
     patience: int = Field(10, ge=1, description="early stopping: epochs without improvement")
     monitor: Literal["val_acc", "val_loss", "val_f1"] = "val_acc"
     seed: int = 0
-    devices: int = Field(1, ge=1)
+    devices: int = Field(1, ge=1, description="devices (processes) per node")
+    num_nodes: int = Field(1, ge=1, description="machines for multi-node DDP (launch with srun/torchrun)")
     strategy: str = "auto"
-    accelerator: str = "cpu"
-    precision: str = "32-true"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="auto picks a GPU when one is present, else the CPU")
+    precision: Literal["32", "32-true", "64-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"] = "32-true"
+    logger: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        [], description="Lightning loggers besides metrics.csv (live curves): csv, tensorboard, wandb, mlflow")
     gradient_clip: float | None = None
     limit_train_batches: float = Field(1.0, gt=0)
     progress: bool = True
@@ -77,9 +119,15 @@ class TrainConfig(_Strict):
         None, ge=1, description="torch intra-op threads per process (None = torch's default). Small models on "
         "a busy CPU often run several times faster with 1")
     loss: Literal["ce", "bce"] = Field("ce", description="CE, or BCE on one-hot targets (seed 000)")
-    init_from: Path | None = Field(None, description="start from these weights: a run dir or .safetensors")
+    init_from: str | None = Field(
+        None, description="start from these weights: a run dir, a .safetensors file, or published weights "
+        "by name (torchvision:r2plus1d_18, pytorchvideo:x3d_s; `kinetoscope models pull --list`); a head "
+        "of another size is re-initialised")
     trainable: list[str] | None = Field(
         None, description="train only parameters whose names start with one of these prefixes (e.g. head)")
+    freeze: list[str] | None = Field(
+        None, description="freeze the parameters and BatchNorm statistics of these top-level modules "
+        "(e.g. [stem, layer1]); the rest trains")
 
 
 class RunConfig(_Strict):
@@ -96,6 +144,14 @@ class RunConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunConfig:
+        """The typed config a run directory was trained with (its ``config.yaml``)."""
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
+        return build_config(load_yaml(path), source=str(path))
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

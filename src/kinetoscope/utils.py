@@ -75,8 +75,13 @@ def is_interactive() -> bool:
     return sys.stderr.isatty() and os.environ.get("KINETOSCOPE_PLAIN") is None
 
 
-def progress(iterable: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
-    """A Rich progress bar on a terminal; plain log lines (every ~10 %) otherwise."""
+def progress(
+    iterable: Iterable[T], total: int | None = None, description: str = "", every: float = 10.0
+) -> Iterator[T]:
+    """A Rich progress bar on a terminal; otherwise a plain line at most every ``every`` seconds (and a
+    last one if any was printed), so short work stays silent in logs."""
+    import time
+
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
@@ -87,8 +92,42 @@ def progress(iterable: Iterable[T], total: int | None = None, description: str =
 
         yield from track(iterable, total=total, description=description, transient=True)
         return
-    step = max(1, (total or 10) // 10)
+    last = time.monotonic()
+    printed = False
+    i = 0
     for i, item in enumerate(iterable, 1):
         yield item
-        if total and (i % step == 0 or i == total):
-            print(f"{description} {i}/{total}", file=sys.stderr, flush=True)
+        if time.monotonic() - last >= every:
+            print(f"{description} {i}/{total if total else '?'}", file=sys.stderr, flush=True)
+            last, printed = time.monotonic(), True
+    if printed:
+        print(f"{description} {i}/{total if total else '?'} done", file=sys.stderr, flush=True)
+
+
+def verbose() -> bool:
+    """``kinetoscope -v`` (or ``KINETOSCOPE_VERBOSE=1``): show library banners, tips and warnings."""
+    return os.environ.get("KINETOSCOPE_VERBOSE", "") not in ("", "0")
+
+
+def quiet_libraries() -> None:
+    """Silence what libraries print by default and users cannot act on: Lightning's tips and hardware
+    banners, and deprecation warnings raised inside torch/Lightning. ``-v`` keeps them."""
+    import logging
+    import warnings
+
+    if verbose():
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torch|lightning|pytorch_lightning|torchmetrics)")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*torch.backends.cudnn.*deterministic.*")
+
+
+def log(message: str, tag: str = "kinetoscope") -> None:
+    """One status line on stderr (``tag`` in colour on a terminal)."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold cyan]{tag}[/] {message}", highlight=False, markup=True)

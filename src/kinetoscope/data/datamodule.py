@@ -1,11 +1,21 @@
-"""A Lightning DataModule over a cached dataset, with reproducible shuffling and worker seeding.
+"""One data pipeline: a run config -> its datasets, transforms and loaders.
 
-Splits come either from the ``split`` column (``train_split``/``val_split``/``test_split``) or from a
-subject-exclusive :class:`~kinetoscope.data.splits.Fold` (seed 000 [T] §3.2 LOSO). Training clips
-use jitter and the train augmentation; validation and test clips are deterministic. The seed-000
-oversampling (dense windows) applies to every part, as in [T] §3.3.
+Every command that reads a run's data goes through here — ``train`` (as a Lightning DataModule),
+``evaluate``, ``explain``, ``predict``, ``cv`` and the suites — so "which videos are validation" and
+"what does the model see" are decided once:
 
-Reproducibility: the shuffle order comes from a ``torch.Generator`` seeded with ``seed``; each
+- **parts**: ``train``/``val``/``test`` are the ``data.<part>_subjects`` list when given
+  (subject-exclusive folds, Broomé 2022 §3.2) and the ``data.<part>_split`` value of the
+  ``split`` column otherwise;
+- **training clips** get temporal jitter (``data.jitter``), frame-rate jitter
+  (``data.frame_rate_jitter``) and, with ``data.augment``, a random resized crop to ``data.size``,
+  a horizontal flip that negates flow u, colour jitter and optional Gaussian shading;
+- **evaluation clips** get the matching deterministic view: resize to cover ``data.size`` and take
+  the centre;
+- **both** get the same normalisation: RGB standardised by ``data.normalize`` and flow scaled by
+  ``data.flow_normalize``.
+
+Reproducibility: the shuffle order comes from a ``torch.Generator`` seeded with ``train.seed``; each
 DataLoader worker's torch RNG is derived from it by PyTorch, and :func:`seed_worker` seeds NumPy and
 ``random`` from that, so a run with the same seed and worker count yields the same batches.
 """
@@ -14,15 +24,30 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from kinetoscope.config import DataConfig, RunConfig
 from kinetoscope.data.dataset import ClipDataset
-from kinetoscope.data.splits import Fold
-from kinetoscope.data.transforms import eval_transforms, train_transforms
+from kinetoscope.data.transforms import (
+    NORMALIZATIONS,
+    CenterCrop,
+    ColorJitter,
+    Compose,
+    FlowMinMax,
+    GaussianShading,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    ResizeCover,
+)
+
+PARTS = ("train", "val", "test")
+_KEEP: Any = object()  # "the config's own split"
 
 
 def seed_worker(worker_id: int) -> None:
@@ -32,105 +57,177 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-class VideoDataModule(L.LightningDataModule):
-    """Train/val/test ``ClipDataset`` s and their loaders. ``augment`` gives training clips a random
-    start (temporal jitter) and, with ``size`` (crop), the spatial train augmentation; evaluation gets a
-    centre crop to ``size``. ``size=None`` leaves frames as cached."""
+def normalization(data: DataConfig, channels: int) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` of ``data.normalize`` for ``channels``-channel frames, or ``None``.
 
-    def __init__(
-        self,
-        root: str | Path,
-        frames: int | None = 16,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 0,
-        size: int | tuple[int, int] | None = None,
-        augment: bool = True,
-        sampling: str = "uniform",
-        stride: int | None = None,
-        oversample: bool = False,
-        flow: bool = False,
-        fold: Fold | None = None,
-        train_split: str = "train",
-        val_split: str | None = "val",
-        test_split: str | None = "test",
-        classes: list[str] | None = None,
-    ) -> None:
-        super().__init__()
-        self.root, self.frames, self.batch_size = Path(root), frames, batch_size
-        self.num_workers, self.seed, self.size, self.augment = num_workers, seed, size, augment
-        self.sampling, self.stride, self.oversample, self.flow = sampling, stride, oversample, flow
-        self.fold = fold
-        self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self.classes = classes
-        self.datasets: dict[str, ClipDataset] = {}
-
-    def _dataset(self, part: str) -> ClipDataset | None:
-        if part in self.datasets:
-            return self.datasets[part]
-        train = part == "train"
-        if self.fold is not None:
-            subjects = {
-                "train": self.fold.train_subjects,
-                "val": self.fold.val_subjects,
-                "test": self.fold.test_subjects,
-            }[part]
-            if not subjects:
-                return None
-            split, selection = None, {"subjects": subjects}
-        else:
-            split = self.splits[part]
-            if split is None:
-                return None
-            selection = {}
-        transform = None
-        if self.size is not None:
-            transform = (
-                train_transforms(self.size) if (train and self.augment) else eval_transforms(self.size)
-            )
-        self.datasets[part] = ClipDataset(
-            self.root,
-            split=split,
-            frames=self.frames,
-            classes=self.classes,
-            sampling=self.sampling,
-            stride=self.stride,
-            oversample=self.oversample,
-            jitter=train and self.augment,
-            transform=transform,
-            flow=self.flow,
-            seed=self.seed,
-            **selection,
+    ``auto`` is resolved when a run starts (to the recipe of its ``init_from`` weights, see
+    ``kinetoscope.train.fit``); an unresolved ``auto`` means none. Named recipes are RGB statistics: a
+    one-channel (grey) dataset uses their channel mean."""
+    value = data.normalize
+    if value in ("none", "auto"):
+        return None
+    if isinstance(value, str):
+        mean, std = NORMALIZATIONS[value]
+        if channels == 1:
+            return [float(np.mean(mean))], [float(np.mean(std))]
+        if channels != len(mean):
+            raise ValueError(f"data.normalize: {value!r} is for {len(mean)}-channel video; the data has {channels}")
+        return list(mean), list(std)
+    mean, std = value
+    if len(mean) != channels:
+        raise ValueError(
+            f"data.normalize: {len(mean)} mean/std values for {channels}-channel video; give one per channel"
         )
-        if self.classes is None:
-            self.classes = self.datasets[part].classes
+    return list(mean), list(std)
+
+
+def clip_transform(data: DataConfig, *, train: bool, channels: int) -> Compose | None:
+    """The per-clip transform of a part: augmentation for training (``data.augment``), the matching
+    deterministic resize + centre crop otherwise, then normalisation. ``None`` when nothing applies."""
+    parts: list[Any] = []
+    if data.size is not None:
+        if train and data.augment:
+            parts.append(RandomResizedCrop(data.size, scale=tuple(data.crop_scale)))
+        else:
+            parts += [ResizeCover(data.size), CenterCrop(data.size)]
+    elif train and data.augment:
+        raise ValueError("data.augment crops to data.size: set data.size (e.g. 112)")
+    if train and data.augment:
+        parts.append(RandomHorizontalFlip(0.5))
+        if data.color_jitter:
+            parts.append(ColorJitter(data.color_jitter, data.color_jitter, data.color_jitter, 0.0))
+    if train and data.shading:
+        parts.append(GaussianShading(data.shading))
+    stats = normalization(data, channels)
+    if stats is not None:
+        parts.append(Normalize(*stats))
+    if data.flow_normalize == "minmax":
+        parts.append(FlowMinMax())
+    return Compose(parts) if parts else None
+
+
+def part_selection(data: DataConfig, part: str) -> tuple[str | None, list[str] | None]:
+    """``(split, subjects)`` of ``part``: the subject list when the config gives one, else the split."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    subjects = getattr(data, f"{part}_subjects")
+    if subjects is not None:
+        return None, list(subjects)
+    return getattr(data, f"{part}_split"), None
+
+
+def has_part(data: DataConfig, part: str) -> bool:
+    split, subjects = part_selection(data, part)
+    return split is not None or subjects is not None
+
+
+def config_dataset(
+    config: RunConfig,
+    part: str,
+    *,
+    classes: list[str] | None = None,
+    flow: bool | None = None,
+    reverse: bool = False,
+    root: str | Path | None = None,
+    split: Any = _KEEP,
+    train: bool | None = None,
+) -> ClipDataset:
+    """The ``ClipDataset`` of one part of a run config, with its sampling and transform.
+
+    ``root`` evaluates the run's pipeline on another dataset (another domain): then ``split`` picks
+    its videos (``None`` = all) and no subject list applies. ``train`` (default: ``part == "train"``)
+    turns on the random augmentation and jitter."""
+    data = config.data
+    train = part == "train" if train is None else train
+    if root is None:
+        part_split, subjects = part_selection(data, part)
+        if split is not _KEEP:
+            part_split, subjects = split, None
+        root = data.root
+    else:
+        part_split, subjects = (None if split is _KEEP else split), None
+    dataset = ClipDataset(
+        root,
+        part_split,
+        frames=data.frames,
+        reverse=reverse,
+        classes=classes,
+        sampling=data.sampling,
+        stride=data.stride,
+        step=_eval_step(data) if not train else 1,
+        oversample=data.oversample,
+        jitter=train and (data.jitter or data.frame_rate_jitter is not None),
+        strides=data.frame_rate_jitter if train else None,
+        flow=data.flow if flow is None else flow,
+        subjects=subjects,
+        seed=config.train.seed,
+    )
+    dataset.transform = clip_transform(data, train=train, channels=int(dataset.store.meta().get("channels", 3)))
+    return dataset
+
+
+def _eval_step(data: DataConfig) -> int:
+    """Evaluation clips of a run trained with frame-rate jitter space their frames by the middle
+    stride of the range (dense windows), so they span what training clips spanned on average."""
+    if data.frame_rate_jitter is None or data.sampling != "dense":
+        return 1
+    lo, hi = data.frame_rate_jitter
+    return (lo + hi) // 2
+
+
+class VideoDataModule(L.LightningDataModule):
+    """The train/val/test datasets and loaders of a run config (see the module docstring).
+
+    ``flow`` forces the flow stream on (two-stream models) even when ``data.flow`` is off; ``classes``
+    fixes the label order (default: the training data's)."""
+
+    def __init__(self, config: RunConfig, *, flow: bool | None = None, classes: list[str] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.flow = flow
+        self.classes = classes
+        self.datasets: dict[str, ClipDataset | None] = {}
+
+    def dataset(self, part: str) -> ClipDataset | None:
+        """The part's dataset, built once; ``None`` when the config has no such part."""
+        if part not in self.datasets:
+            if not has_part(self.config.data, part):
+                self.datasets[part] = None
+            else:
+                if part != "train" and self.classes is None and has_part(self.config.data, "train"):
+                    self.dataset("train")  # label order of the training data
+                ds = config_dataset(self.config, part, classes=self.classes, flow=self.flow)
+                self.classes = self.classes or ds.classes
+                self.datasets[part] = ds
         return self.datasets[part]
 
     def setup(self, stage: str | None = None) -> None:
-        for part in ("train", "val", "test"):
-            self._dataset(part)
+        parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", PARTS)
+        for part in parts:
+            self.dataset(part)
 
-    def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        dataset = self._dataset(part)
+    def loader(self, part: str, *, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        dataset = self.dataset(part)
         if dataset is None:
-            raise ValueError(f"no {part} data: set {part}_split or pass a fold with {part} subjects")
+            raise ValueError(f"the config has no {part} data: set data.{part}_split or data.{part}_subjects")
+        data = self.config.data
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size or data.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
+            num_workers=data.num_workers,
             worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
-            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.config.train.seed),
+            persistent_workers=data.num_workers > 0,
             pin_memory=False,
             drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader("val") if self.dataset("val") is not None else []  # [] = no validation
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader("test")

@@ -27,6 +27,7 @@ from kinetoscope.data.sampling import (
     jitter_window,
     jittered_uniform,
     plan_clips,
+    random_stride_window,
 )
 
 
@@ -49,7 +50,9 @@ class ClipDataset(Dataset):
     and ``step`` (frames between clip frames); ``oversample=True`` adds the seed-000 minority-class
     windows (dense); ``short="pad" | "skip"`` for videos shorter than a clip (counted in
     ``self.report``); ``jitter=True`` draws fresh positions per access (segment-random for uniform,
-    a shift of up to ``stride // 2`` for dense). ``labels`` holds one class index per *clip*.
+    a shift of up to ``stride // 2`` for dense); with ``strides=(lo, hi)`` as well, every access
+    draws a random spacing in ``lo..hi`` and a random start instead (frame-rate jitter, Feichtenhofer
+    2017 Ch. 3). ``labels`` holds one class index per *clip*.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class ClipDataset(Dataset):
         oversample: bool = False,
         short: str = "pad",
         jitter: bool = False,
+        strides: tuple[int, int] | None = None,
         transform: Callable | None = None,
         flow: bool = False,
         subjects: Sequence[str] | None = None,
@@ -78,8 +82,7 @@ class ClipDataset(Dataset):
             wanted = {str(s) for s in subjects}
             records = [r for r in records if r.subject in wanted]
         if not records:
-            where = f"split {split!r}" + (f" and subjects {sorted(subjects)}" if subjects is not None else "")
-            raise ValueError(f"no videos in {where} of {self.store.annotations_path}")
+            raise ValueError(self._empty_message(split, subjects))
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({r.label for r in records if r.label not in index})
         if unknown:
@@ -101,6 +104,9 @@ class ClipDataset(Dataset):
         self.stride = stride or frames
         self.step = step
         self.jitter = jitter
+        self.strides = tuple(strides) if strides is not None else None
+        if self.strides is not None and not frames:
+            raise ValueError("frame-rate jitter (strides) needs a clip length (frames)")
         self.transform = transform
         self.flow = flow
         self.num_frames = [_num_frames(self.store.frames_path(r.video_id)) for r in records]
@@ -123,6 +129,23 @@ class ClipDataset(Dataset):
             )
         self.labels = [self.video_labels[c.video_index] for c in self.clips]
 
+    def _empty_message(self, split: str | None, subjects: Sequence[str] | None) -> str:
+        """Why no video was selected, and how to fix it."""
+        everything = self.store.records()
+        path = self.store.annotations_path
+        if subjects is not None:
+            known = sorted({r.subject for r in everything if r.split == split or split is None})
+            return f"no videos of subjects {sorted(subjects)} in {path}; its subjects are {known}"
+        splits = sorted({r.split for r in everything if r.split})
+        if not splits:
+            return (
+                f"no videos in split {split!r}: {path} gives no video a split. Add a 'split' column "
+                f"(train/val) to your annotations and run `data prepare` again, or choose videos by subject "
+                f"(--set data.train_subjects=[a,b] --set data.val_subjects=[c]), or cross-validate over "
+                f"subjects with `kinetoscope cv`"
+            )
+        return f"no videos in split {split!r} of {path}; its splits are {splits} (set data.train_split/val_split)"
+
     def __len__(self) -> int:
         return len(self.clips)
 
@@ -132,6 +155,9 @@ class ClipDataset(Dataset):
             return idx
         n = self.num_frames[clip.video_index]
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
+        if self.strides is not None:
+            drawn = random_stride_window(n, len(idx), self.strides, rng)
+            return idx if drawn is None else drawn
         if self.sampling == "uniform":
             return jittered_uniform(n, len(idx), rng)  # type: ignore[return-value]
         if self.sampling == "dense":

@@ -230,8 +230,18 @@ class GaussianShading:
         return (video + noise).clamp(0.0, 1.0), flow
 
 
+#: Per-channel RGB statistics of the common pretraining recipes, for ``data.normalize``.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # ImageNet (every 2D backbone; torchvision's image models)
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Kinetics-400 as torchvision's video ResNets (r3d_18, mc3_18, r2plus1d_18) were trained
+    "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
+}
+
+
 class Normalize:
-    """``(video − mean) / std`` per channel (e.g. the UCF101 statistics of seed 003)."""
+    """``(video − mean) / std`` per channel (e.g. the UCF101 statistics of Ilic 2024, or a pretrained
+    backbone's recipe, :data:`NORMALIZATIONS`)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean).view(-1, 1, 1, 1)
@@ -241,6 +251,22 @@ class Normalize:
         self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Pair:
         return (video - self.mean.to(video.dtype)) / self.std.to(video.dtype), flow
+
+
+class FlowMinMax:
+    """Each flow frame scaled linearly to [0, 1] over all its channels, in steps of 1/255 (Broomé 2022
+    §3.3: flow frames were stored min-max scaled as 0–255 images, then divided by 255); equal to
+    ``flow.encode.unit_range(flow.encode.minmax_uint8(flow))``. A constant frame becomes 0."""
+
+    def __call__(
+        self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Pair:
+        if flow is None:
+            return video, flow
+        low = flow.amin(dim=(0, 2, 3), keepdim=True)
+        span = flow.amax(dim=(0, 2, 3), keepdim=True) - low
+        scaled = torch.where(span > 0, (flow - low) / torch.where(span > 0, span, 1.0), 0.0)
+        return video, torch.round(scaled * 255.0).clamp_(0, 255) / 255.0
 
 
 def train_transforms(

@@ -28,34 +28,47 @@ def predict_run(
     name: str | None = None,
     batch_size: int = 64,
     aggregation: str = "mean",
+    *,
+    accelerator: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate a run; returns the metrics dict that is also written to ``evaluations/<name>.json``."""
+    """Evaluate a run; returns the metrics dict that is also written to ``evaluations/<name>.json``.
+
+    Clips come from the run's own data pipeline (``kinetoscope.data.datamodule.config_dataset``): its
+    validation part (split or subjects) by default, or ``split`` of another dataset ``data``, with the
+    run's deterministic evaluation transform. The model runs on ``accelerator``."""
     from torch.utils.data import DataLoader
 
+    from kinetoscope.config import RunConfig
     from kinetoscope.data.cache import DatasetStore
-    from kinetoscope.data.dataset import ClipDataset
-    from kinetoscope.models.checkpoint import load_run_config, load_run_model
+    from kinetoscope.data.datamodule import config_dataset
+    from kinetoscope.device import resolve_device
+    from kinetoscope.models.checkpoint import load_run_model
     from kinetoscope.models.inference import predict_batches
+    from kinetoscope.utils import progress
 
     if aggregation not in AGGREGATIONS:  # before the model runs over the whole dataset
         raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
+    device = resolve_device(accelerator)
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    model, spec = load_run_model(run_dir)
+    config = RunConfig.load(run_dir)
+    model, spec = load_run_model(run_dir, device=device)
     own_data = data is None
-    root = Path(config["data"]["root"]) if own_data else Path(data)
-    if split is None:
-        split = config["data"]["val_split"] if own_data else None
+    root = Path(config.data.root) if own_data else Path(data)
+    if split is None and own_data:
+        split = config.data.val_split
     store = DatasetStore(root)
     dataset_name = store.meta().get("name", root.name)
     if name is None:
         name = ("val" if own_data else dataset_name) + ("-reversed" if reverse else "")
-    d = config["data"]
-    subjects = d.get("val_subjects") if own_data and split == d.get("val_split") else None
-    dataset = ClipDataset(root, None if subjects else split, frames=d.get("frames"), reverse=reverse,
-                          classes=spec["classes"], sampling=d.get("sampling"), stride=d.get("stride"),
-                          flow="flow" in getattr(model, "streams", ("rgb",)), subjects=subjects)
-    out = predict_batches(model, DataLoader(dataset, batch_size=batch_size, shuffle=False))  # inference mode
+    flow = "flow" in getattr(model, "streams", ("rgb",))
+    if own_data and split == config.data.val_split:
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow, reverse=reverse)
+    else:
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow, reverse=reverse,
+                                 root=root, split=split)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers)
+    batches = progress(loader, total=len(loader), description=f"evaluate {name}")
+    out = predict_batches(model, batches)  # inference mode
     classes = spec["classes"]
     preds = out["scores"].argmax(1)
     metrics = classification_metrics(out["labels"], preds, classes)

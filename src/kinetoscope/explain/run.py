@@ -102,6 +102,19 @@ def _pick_clips(dataset, clips: int | Sequence[str]) -> list[int]:
     return [first[v] for v in wanted]
 
 
+def _unnormalised(dataset: Any, clip: Any, rgb: bool) -> np.ndarray:
+    """A clip ``[C, T, H, W]`` (tensor or array) as the eye should see it: for the RGB stream, the
+    dataset's standardisation undone; flow stays as it is."""
+    from kinetoscope.data.transforms import Normalize
+
+    clip = np.asarray(clip.detach().cpu() if hasattr(clip, "detach") else clip, dtype=np.float32)
+    steps = getattr(dataset.transform, "transforms", [])
+    norm = next((t for t in steps if isinstance(t, Normalize)), None)
+    if not rgb or norm is None:
+        return clip
+    return clip * norm.std.numpy() + norm.mean.numpy()
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -133,6 +146,7 @@ def explain_run(
     stream: str | None = None,
     target: str = "predicted",
     render: bool = True,
+    accelerator: str = "auto",
     **options: Any,
 ) -> Path:
     """Explain ``clips`` of a run's validation split (or ``split`` of ``data``) with ``method`` (a
@@ -145,10 +159,12 @@ def explain_run(
     import torch
     from torch.utils.data import default_collate
 
-    from kinetoscope.data.dataset import ClipDataset
+    from kinetoscope.config import RunConfig
+    from kinetoscope.data.datamodule import config_dataset
+    from kinetoscope.device import resolve_device, to_device
     from kinetoscope.explain.base import model_streams, stream_index
     from kinetoscope.explain.stats import blob_statistics, clip_statistics
-    from kinetoscope.models.checkpoint import load_run_config, load_run_model
+    from kinetoscope.models.checkpoint import load_run_model
     from kinetoscope.models.inference import model_inputs
 
     run_dir = Path(run_dir)
@@ -156,22 +172,23 @@ def explain_run(
     per_method = _split_options(methods, options)
     if target not in ("predicted", "label"):
         raise ValueError(f"target={target!r}; expected 'predicted' or 'label'")
-    config = load_run_config(run_dir)
-    model, spec = load_run_model(run_dir)
-    own_data = data is None
-    root = Path(config["data"]["root"]) if own_data else Path(data)
-    subjects = None
-    if split is None and own_data:  # the run's validation part: its subjects take precedence over the split
-        split = config["data"].get("val_split", "val")
-        subjects = config["data"].get("val_subjects")
-    dataset = ClipDataset(root, None if subjects else split, frames=config["data"].get("frames"),
-                          classes=spec["classes"], flow="flow" in model_streams(model), subjects=subjects)
+    device = resolve_device(accelerator)
+    config = RunConfig.load(run_dir)
+    model, spec = load_run_model(run_dir, device=device)
+    flow = "flow" in model_streams(model)
+    if data is None and split is None:  # the run's validation part: its subjects or its split
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow)
+    elif data is None:
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow, split=split)
+    else:
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow, root=data, split=split)
     positions = _pick_clips(dataset, clips)
-    batch = default_collate([dataset[i] for i in positions])
+    batch = to_device(default_collate([dataset[i] for i in positions]), device)
     inputs = model_inputs(model, batch)
     labels = torch.as_tensor(batch["label"])
     chosen_target = labels if target == "label" else None
     x = inputs[stream_index(model, stream)]
+    rgb = model_streams(model)[stream_index(model, stream)] == "rgb"
 
     explanations = {}
     for name in methods:
@@ -201,7 +218,7 @@ def explain_run(
         if render:
             from kinetoscope.explain.render import contact_sheet, display_frames, overlay_heatmap, render_gif
 
-            frames = display_frames(x[b].cpu().numpy())
+            frames = display_frames(_unnormalised(dataset, x[b], rgb))
             panels = [("original", frames)]
             if heatmaps is not None:
                 panels.append((heatmap_title, overlay_heatmap(frames, heatmaps[b])))
@@ -209,9 +226,9 @@ def explain_run(
             if mask_source is not None:
                 mask = mask_source.mask[b]
                 if mask_source.perturbed is not None:
-                    panels.append(("freeze", display_frames(mask_source.perturbed[b])))
+                    panels.append(("freeze", display_frames(_unnormalised(dataset, mask_source.perturbed[b], rgb))))
             for name, explanation in synthesised.items():
-                panels.append((name, display_frames(np.asarray(explanation.perturbed[b]))))
+                panels.append((name, display_frames(_unnormalised(dataset, explanation.perturbed[b], rgb))))
             first = next(iter(explanations.values()))
             caption = f"label {classes[int(labels[b])]}, target {classes[int(first.targets[b])]}"
             values = first.values[b] if first.values else {}
@@ -253,7 +270,7 @@ def explain_run(
     _write_index(index_path, rows)
     summary = {
         "run": str(run_dir), "model": spec["name"], "classes": classes, "split": split,
-        "data": str(root), "stream": stream, "target": target,
+        "data": str(config.data.root if data is None else data), "stream": stream, "target": target,
         "methods": {m: clip_statistics([r for r in rows if r["method"] == m])
                     for m in sorted({r["method"] for r in rows})},
     }

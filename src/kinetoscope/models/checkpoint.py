@@ -23,18 +23,9 @@ def save_run_model(model: nn.Module, run_dir: str | Path, spec: dict[str, Any]) 
     atomic_write_json(run_dir / "model.json", spec)
 
 
-def load_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """A run directory's ``config.yaml`` as a plain dict (the resolved config it was trained with)."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
-    return yaml.safe_load(path.read_text())
-
-
-def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a run's model from ``model.json`` and load ``model.safetensors`` strictly."""
+def load_run_model(run_dir: str | Path, device: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run's model from ``model.json``, load ``model.safetensors`` strictly, and move it to
+    ``device`` (default: stay on the CPU); returns ``(model in eval mode, spec)``."""
     from kinetoscope.models import create_model
     from kinetoscope.models.weights import load_safetensors
 
@@ -47,4 +38,6 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("options", {}))
     load_safetensors(model, weights_path)
     model.eval()
+    if device is not None:
+        model.to(device)
     return model, spec

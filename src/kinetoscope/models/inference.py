@@ -45,11 +45,15 @@ def clip_logits(logits: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def predict_batches(model: nn.Module, batches: Iterable[dict]) -> dict[str, np.ndarray | list]:
     """Softmax scores of every clip; returns ``scores [N, K]``, ``labels``, ``video_id``, ``subject``,
-    ``clip_index`` (the model is put in eval mode)."""
+    ``clip_index`` (the model is put in eval mode). Batches are moved to the model's device and the
+    scores come back to the CPU."""
+    from kinetoscope.device import model_device
+
     model.eval()
+    device = model_device(model)
     scores, labels, ids, subjects, clip_idx = [], [], [], [], []
     for batch in batches:
-        out = clip_logits(model(*model_inputs(model, batch)))
+        out = clip_logits(model(*(x.to(device) for x in model_inputs(model, batch))))
         scores.append(torch.softmax(out.float(), dim=-1).cpu().numpy())
         labels.extend(int(v) for v in torch.as_tensor(batch["label"]).tolist())
         ids.extend(batch["video_id"])

@@ -478,7 +478,13 @@ def import_weights(
     all_options = {"num_classes": num_classes, "in_channels": in_channels, **build_options}
     written = None
     if out_path is not None:
-        metadata = {"kinetoscope_model": name, "imported_from": f"{source}:{checkpoint_path.name}"}
+        import json
+
+        from kinetoscope.models.pretrained import source_normalization
+
+        mean, std = source_normalization(source)
+        metadata = {"kinetoscope_model": name, "imported_from": f"{source}:{checkpoint_path.name}",
+                    "normalize_mean": json.dumps(mean), "normalize_std": json.dumps(std)}
         metadata.update({k: str(v) for k, v in all_options.items()})
         written = save_safetensors(model, out_path, metadata)
     report = ImportReport(

@@ -118,9 +118,8 @@ def _differs(requested: dict[str, Any], stored: dict[str, Any]) -> bool:
 
 def _train_run(out_dir: Path, name: str, data_root: Path, model: str, options: dict[str, Any],
                train: dict[str, Any], seed: int) -> Path:
-    from kinetoscope.config import build_config
+    from kinetoscope.config import RunConfig, build_config
     from kinetoscope.evaluate.run import predict_run
-    from kinetoscope.models.checkpoint import load_run_config
     from kinetoscope.train import fit
 
     run_dir = out_dir / "runs" / name
@@ -132,7 +131,7 @@ def _train_run(out_dir: Path, name: str, data_root: Path, model: str, options: d
     }
     config = build_config({"name": name, "out_dir": str(out_dir / "runs"), **requested,
                            "train": {**requested["train"], "progress": False}})
-    if (run_dir / "config.yaml").is_file() and _differs(requested, load_run_config(run_dir)):
+    if (run_dir / "config.yaml").is_file() and _differs(requested, RunConfig.load(run_dir).model_dump(mode="json")):
         _log(f"{name}: the data, model, seed or training settings changed since it was trained; retraining")
         fit(config, overwrite=True)
     elif not ((run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file()):

@@ -141,16 +141,18 @@ def score_clips(
     import torch
     from torch.utils.data import DataLoader
 
+    from kinetoscope.device import model_device
     from kinetoscope.models.inference import model_inputs
     from kinetoscope.models.pain import clip_scores
 
     generator = torch.Generator().manual_seed(seed)
     model.eval()
+    device = model_device(model)
     scores, labels, ids, subjects, clip_idx = [], [], [], [], []
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits = model(*model_inputs(model, batch))
-            scores.append(clip_scores(logits, frame_aggregation, generator).cpu().numpy())
+            logits = model(*(x.to(device) for x in model_inputs(model, batch)))
+            scores.append(clip_scores(logits.cpu(), frame_aggregation, generator).numpy())
             labels.extend(int(v) for v in batch["label"].tolist())
             ids.extend(batch["video_id"])
             subjects.extend(batch["subject"])
@@ -213,13 +215,14 @@ def evaluate_test_part(
 ) -> dict[str, Any]:
     """Test a trained run on ``config``'s test part (``data.test_subjects`` or ``data.test_split``);
     writes ``<prefix>_predictions.csv`` and ``<prefix>_video_predictions.csv`` into the run directory."""
+    from kinetoscope.data.datamodule import config_dataset
+    from kinetoscope.device import resolve_device
     from kinetoscope.models.checkpoint import load_run_model
-    from kinetoscope.train.fit import run_dataset
 
     run_dir = Path(run_dir)
-    model, spec = load_run_model(run_dir)
+    model, spec = load_run_model(run_dir, device=resolve_device(config.train.accelerator))
     classes = spec["classes"]
-    dataset = run_dataset(config, "test", classes=classes, flow="flow" in getattr(model, "streams", ()))
+    dataset = config_dataset(config, "test", classes=classes, flow="flow" in getattr(model, "streams", ()))
     out = score_clips(
         model, dataset, frame_aggregation, seed=config.train.seed, batch_size=config.data.batch_size
     )

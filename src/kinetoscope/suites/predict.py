@@ -29,13 +29,13 @@ AGGREGATIONS = ("vote", "mean", "topk")
 log = logging.getLogger(__name__)
 
 
-def _run_settings(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(run config as a dict, dataset.json of the data it was trained on)."""
+def _run_settings(run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """(run config, dataset.json of the data it was trained on)."""
+    from kinetoscope.config import RunConfig
     from kinetoscope.data.cache import DatasetStore
-    from kinetoscope.models.checkpoint import load_run_config
 
-    config = load_run_config(run_dir)
-    store = DatasetStore(config["data"]["root"])
+    config = RunConfig.load(run_dir)
+    store = DatasetStore(config.data.root)
     meta = store.meta() if store.meta_path.is_file() else {}
     return config, meta
 
@@ -78,28 +78,34 @@ def predict_videos(
     timeline_class: str | None = None,
     batch_size: int = 16,
     seed: int = 0,
+    accelerator: str = "auto",
 ) -> dict[str, Any]:
     """Score ``videos`` with a trained run; returns ``{video: {aggregation: {pred, scores}}}`` and writes
     the CSVs and timelines of the module docstring. ``window``/``stride`` in frames at the run's fps
     (default: the run's ``data.frames`` / ``data.stride``); ``timeline_class`` defaults to the second
-    class (the "pain" of a two-class pain/no-pain run) or the only one."""
+    class (the "pain" of a two-class pain/no-pain run) or the only one. Windows get the run's evaluation
+    transform (centre crop, normalisation) and are scored on ``accelerator``."""
     import torch
 
+    from kinetoscope.data.datamodule import clip_transform
     from kinetoscope.data.sampling import dense_windows
     from kinetoscope.data.video import VideoError, decode_video
+    from kinetoscope.device import resolve_device
     from kinetoscope.evaluate.aggregate import aggregate_videos
     from kinetoscope.models.checkpoint import load_run_model
     from kinetoscope.models.inference import model_inputs
     from kinetoscope.models.pain import clip_scores
+    from kinetoscope.utils import progress
 
     if frame_aggregation not in ("vote", "mean"):  # checked before any decoding (one-output models ignore it)
         raise ValueError(f"frame_aggregation must be 'vote' or 'mean', got {frame_aggregation!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    device = resolve_device(accelerator)
     config, meta = _run_settings(run_dir)
-    model, spec = load_run_model(run_dir)
+    model, spec = load_run_model(run_dir, device=device)
     classes = spec["classes"]
-    window = int(window or config["data"].get("frames") or meta.get("frames") or 10)
-    stride = int(stride or config["data"].get("stride") or window)
+    window = int(window or config.data.frames or meta.get("frames") or 10)
+    stride = int(stride or config.data.stride or window)
     if window < 1 or stride < 1:
         raise ValueError(f"window and stride must be >= 1 frames, got window={window}, stride={stride}")
     focus = timeline_class or classes[min(1, len(classes) - 1)]
@@ -118,7 +124,8 @@ def predict_videos(
     results: dict[str, Any] = {}
     used_names: set[str] = set()
     problems: list[list[str]] = []
-    for path in videos:
+    transform = clip_transform(config.data, train=False, channels=int(spec["in_channels"]))
+    for path in progress(videos, total=len(videos), description="predict"):
         try:  # an unreadable video is recorded and skipped; the others are still scored
             decoded = decode_video(path, fps=fps, size=size, grayscale=bool(meta.get("grayscale")))
             frames, times = decoded.frames, decoded.timestamps
@@ -138,11 +145,14 @@ def predict_videos(
         with torch.inference_mode():
             for start in range(0, len(windows), batch_size):
                 idx = [torch.as_tensor(np.asarray(w)) for w in windows[start : start + batch_size]]
-                batch = {"video": torch.stack([rgb[:, i] for i in idx])}
+                pairs = [(rgb[:, i], flow[:, i] if flow is not None else None) for i in idx]
+                if transform is not None:
+                    pairs = [transform(v, f) for v, f in pairs]
+                batch = {"video": torch.stack([v for v, _ in pairs]).to(device)}
                 if flow is not None:
-                    batch["flow"] = torch.stack([flow[:, i] for i in idx])
+                    batch["flow"] = torch.stack([f for _, f in pairs]).to(device)
                 logits = model(*model_inputs(model, batch))
-                scores.append(clip_scores(logits, frame_aggregation, generator).numpy())
+                scores.append(clip_scores(logits.cpu(), frame_aggregation, generator).numpy())
         scores_arr = np.concatenate(scores).astype(np.float64)
         name = Path(path).stem
         while name in used_names:

@@ -135,7 +135,7 @@ def run_transfer(
                 "out_dir": out_dir,
                 "data": config.data.model_copy(update={"root": target}),
                 "train": config.train.model_copy(
-                    update={"init_from": src.run_dir, "trainable": list(HEAD_PREFIXES)}
+                    update={"init_from": str(src.run_dir), "trainable": list(HEAD_PREFIXES)}
                 ),
             }
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ class EpochTable(pl.Callback):
 
     columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "seconds"]
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, echo: bool = False, max_epochs: int | None = None) -> None:
         self.path = Path(path)
+        self.echo, self.max_epochs = echo, max_epochs
         self.rows: list[dict[str, Any]] = []
         self._start = time.perf_counter()
 
@@ -44,6 +46,21 @@ class EpochTable(pl.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
+        if self.echo:
+            print(self.line(row), file=sys.stderr, flush=True)
+
+    def line(self, row: dict[str, Any]) -> str:
+        """``epoch 3/12  loss 0.512  acc 0.800  val_loss 0.401  val_acc 0.900  val_f1 0.897  lr 1.0e-03  12.3 s``"""
+        total = f"/{self.max_epochs}" if self.max_epochs else ""
+        parts = [f"epoch {int(row['epoch']) + 1}{total}"]
+        for key, label in (("train_loss", "loss"), ("train_acc", "acc"), ("val_loss", "val_loss"),
+                           ("val_acc", "val_acc"), ("val_f1", "val_f1")):
+            if row.get(key) != "":
+                parts.append(f"{label} {float(row[key]):.3f}")
+        if row.get("lr") != "":
+            parts.append(f"lr {float(row['lr']):.1e}")
+        parts.append(f"{row['seconds']:.1f} s")
+        return "  ".join(parts)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

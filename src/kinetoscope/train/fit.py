@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kinetoscope.config import RunConfig, load_config
+from kinetoscope.config import RunConfig
 from kinetoscope.utils import atomic_write_json, atomic_write_text
 
 
@@ -30,6 +30,10 @@ def is_child_process() -> bool:
 
 
 def prepare_run_dir(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create (or, with ``resume``, reuse) the run directory and write ``config.yaml``.
+
+    A directory holding only the ``config.yaml`` of a run that failed before it trained is reused;
+    anything more needs ``overwrite`` (start over) or ``resume`` (continue)."""
     run_dir = config.run_dir
     if is_child_process():
         return run_dir
@@ -39,7 +43,8 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False, resume: bool = F
         # the run continues under this config (e.g. a larger max_epochs): config.yaml must say so
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
+    leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if leftovers - {"config.yaml"}:
         if not overwrite:
             raise RunDirError(
                 f"run directory {run_dir} is not empty; pass --overwrite to replace it or --resume to continue"
@@ -48,6 +53,18 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False, resume: bool = F
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     return run_dir
+
+
+def resolve_config(config: RunConfig) -> RunConfig:
+    """The config a run records: ``data.normalize: auto`` replaced by the statistics of the
+    ``init_from`` weights (``none`` when there are none or they are unknown)."""
+    from kinetoscope.train.finetune import weights_normalization
+
+    if config.data.normalize != "auto":
+        return config
+    stats = weights_normalization(config.train.init_from)
+    normalize = "none" if stats is None else (list(stats[0]), list(stats[1]))
+    return config.model_copy(update={"data": config.data.model_copy(update={"normalize": normalize})})
 
 
 def model_spec(config: RunConfig, dataset_meta: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -85,69 +102,83 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     """Train ``config`` and return the run directory."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
-    from torch.utils.data import DataLoader
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
+    from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.data.datamodule import VideoDataModule, has_part
+    from kinetoscope.device import lightning_accelerator
     from kinetoscope.models import create_model
     from kinetoscope.models.checkpoint import save_run_model
     from kinetoscope.train.callbacks import EpochTable
+    from kinetoscope.train.finetune import (
+        freeze,
+        frozen_batchnorm_callback,
+        load_init_weights,
+        resolve_init_from,
+    )
     from kinetoscope.train.module import VideoClassifier
-    from kinetoscope.utils import is_interactive
+    from kinetoscope.utils import is_interactive, log, quiet_libraries
 
+    accelerator = lightning_accelerator(config.train.accelerator)  # before anything is written
+    config = resolve_config(config)
     run_dir = prepare_run_dir(config, overwrite=overwrite, resume=resume)
+    quiet_libraries()
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
     data = config.data
-    train_set = run_dataset(config, "train")
-    spec = model_spec(config, train_set.store.meta(), train_set.classes)
+    store = DatasetStore(data.root)
+    spec = model_spec(config, store.meta(), store.classes)
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["options"])
+    notes = []
+    if config.train.init_from is not None and not resume:
+        path, note = resolve_init_from(config.train.init_from)
+        notes += [note, *load_init_weights(model, path)]
+    frozen = freeze(model, config.train.freeze, config.train.trainable)
     flow = data.flow or "flow" in getattr(model, "streams", ("rgb",))
-    if flow and not data.flow:
-        train_set = run_dataset(config, "train", flow=True)
-    validate = data.val_split is not None or data.val_subjects is not None
-    val_set = run_dataset(config, "val", classes=train_set.classes, flow=flow) if validate else None
-    frozen = prepare_weights(model, config.train.init_from, config.train.trainable)
+    datamodule = VideoDataModule(config, flow=flow, classes=store.classes)
+    train_set = datamodule.dataset("train")
+    validate = has_part(data, "val")
+    val_set = datamodule.dataset("val") if validate else None
     module = VideoClassifier(model, spec["num_classes"], config.optim, loss=config.train.loss)
-
-    loader_args = {"batch_size": data.batch_size, "num_workers": data.num_workers,
-                   "persistent_workers": data.num_workers > 0}
-    generator = torch.Generator().manual_seed(config.train.seed)
-    train_loader = DataLoader(train_set, shuffle=True, generator=generator, **loader_args)
-    val_loader = DataLoader(val_set, shuffle=False, **loader_args) if val_set is not None else None
+    for note in notes:
+        log(note)
 
     mode = "min" if config.train.monitor == "val_loss" else "max"
     monitor = config.train.monitor if validate else None  # no validation: keep the last epoch
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                 mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [best_ckpt, EpochTable(run_dir / "metrics.csv")]
+    show_bar = config.train.progress and is_interactive()
+    callbacks = [best_ckpt, EpochTable(run_dir / "metrics.csv", echo=config.train.progress and not show_bar,
+                                       max_epochs=config.train.max_epochs)]
     if validate:
         patience = config.train.patience
         callbacks.append(EarlyStopping(monitor=config.train.monitor, mode=mode, patience=patience))
     if frozen:
         callbacks.append(frozen_batchnorm_callback(frozen))
-    if config.train.progress:
-        callbacks.append(RichProgressBar() if is_interactive() else TQDMProgressBar(refresh_rate=0))
+    if show_bar:
+        callbacks.append(RichProgressBar())
     trainer = pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=config.train.max_epochs,
-        accelerator=config.train.accelerator,
+        accelerator=accelerator,
         devices=config.train.devices,
+        num_nodes=config.train.num_nodes,
         strategy=config.train.strategy,
         precision=config.train.precision,
         gradient_clip_val=config.train.gradient_clip,
         limit_train_batches=config.train.limit_train_batches,
         callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=config.train.progress,
+        logger=make_loggers(config, run_dir),
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic="warn",
     )
     started = time.perf_counter()
     ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume else None
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return run_dir
@@ -171,6 +202,7 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
         "model_options": spec["options"],
         "classes": spec["classes"],
         "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "monitor": config.train.monitor,
         "best_val": float(best_score) if best_score is not None else None,
         "best_val_acc": _best_from_table(run_dir / "metrics.csv", "val_acc"),
@@ -179,10 +211,14 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
         "epochs_trained": trainer.current_epoch,
         "stopped_by": stop,
         "train_seconds": round(seconds + summary.get("train_seconds", 0.0) if resume else seconds, 2),
-        "data": {"root": str(data.root), "train_videos": len(train_set),
-                 "val_videos": len(val_set) if val_set is not None else 0,
+        "data": {"root": str(data.root), "train_videos": len(train_set.records),
+                 "val_videos": len(val_set.records) if val_set is not None else 0,
                  "train_subjects": sorted({r.subject for r in train_set.records}),
                  "val_subjects": sorted({r.subject for r in val_set.records}) if val_set is not None else []},
+        "accelerator": accelerator,
+        "init_from": config.train.init_from,
+        "init_notes": notes or summary.get("init_notes", []),
+        "freeze": config.train.freeze,
         "trainable": config.train.trainable,
         "commit": _git_commit(),
         "torch": torch.__version__,
@@ -193,58 +229,39 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     return run_dir
 
 
-def run_dataset(config: RunConfig, part: str, classes: list[str] | None = None, flow: bool | None = None,
-                reverse: bool = False) -> Any:
-    """The ``ClipDataset`` of one part (train/val/test) of a config: its split, or its subject list
-    (``data.<part>_subjects``, which takes precedence over the split column); sampling, stride,
-    oversampling and flow as configured."""
-    from kinetoscope.data.dataset import ClipDataset
+def make_loggers(config: RunConfig, run_dir: Path) -> list[Any] | bool:
+    """Lightning loggers of ``train.logger`` (``metrics.csv`` is written regardless), writing under the
+    run directory; ``False`` when none is asked for."""
+    loggers: list[Any] = []
+    for kind in config.train.logger:
+        if kind == "csv":
+            from lightning.pytorch.loggers import CSVLogger
 
-    data = config.data
-    subjects = getattr(data, f"{part}_subjects")
-    split = None if subjects is not None else getattr(data, f"{part}_split")
-    return ClipDataset(data.root, split, frames=data.frames, reverse=reverse, classes=classes,
-                       sampling=data.sampling, stride=data.stride, oversample=data.oversample,
-                       flow=data.flow if flow is None else flow, subjects=subjects, seed=config.train.seed)
+            loggers.append(CSVLogger(run_dir, name="logs", version=""))
+        elif kind == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
 
+            try:
+                loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
+            except ModuleNotFoundError:
+                raise ValueError("train.logger tensorboard needs TensorBoard: pip install 'kinetoscope[tensorboard]'"
+                                 ) from None
+        elif kind == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
 
-def prepare_weights(model: Any, init_from: Path | None, trainable: list[str] | None) -> list[Any]:
-    """Load ``init_from`` (a run directory's ``model.safetensors`` or a ``.safetensors`` file) into
-    ``model`` and freeze every parameter whose name starts with none of ``trainable`` (head-only
-    fine-tuning, seed 000 [T] §3.3). Returns the BatchNorm modules left entirely frozen."""
-    from torch import nn
+            try:
+                loggers.append(WandbLogger(project="kinetoscope", name=config.name, save_dir=str(run_dir)))
+            except ModuleNotFoundError:
+                raise ValueError("train.logger wandb needs wandb: pip install wandb") from None
+        elif kind == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
 
-    from kinetoscope.models.weights import load_safetensors
-
-    if init_from is not None:
-        path = Path(init_from)
-        path = path / "model.safetensors" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"train.init_from: {path} is missing (give a run dir or .safetensors)")
-        load_safetensors(model, path)
-    if not trainable:
-        return []
-    names = [n for n, _ in model.named_parameters()]
-    unknown = [p for p in trainable if not any(n.startswith(p) for n in names)]
-    if unknown:
-        raise ValueError(f"train.trainable: no parameter name starts with {unknown}; e.g. {names[-3:]}")
-    for name, param in model.named_parameters():
-        param.requires_grad_(any(name.startswith(p) for p in trainable))
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not any(p.requires_grad for p in m.parameters())]
-
-
-def frozen_batchnorm_callback(modules: list[Any]) -> Any:
-    """A Lightning callback keeping frozen BatchNorm layers in eval mode, so their running statistics
-    stay those of the loaded weights (as Keras does for non-trainable layers)."""
-    import lightning.pytorch as pl
-
-    class FrozenBatchNorm(pl.Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            for m in modules:
-                m.eval()
-
-    return FrozenBatchNorm()
+            try:
+                loggers.append(MLFlowLogger(experiment_name=config.name,
+                                            tracking_uri=(run_dir / "mlruns").resolve().as_uri()))
+            except ModuleNotFoundError:
+                raise ValueError("train.logger mlflow needs mlflow: pip install mlflow") from None
+    return loggers or False
 
 
 def _best_epoch(path: Path, monitor: str | None, mode: str) -> int | None:
@@ -271,8 +288,4 @@ def _best_from_table(path: Path, column: str) -> float | None:
     return max(values) if values else None
 
 
-def fit_from_file(config_path: str | Path | None, overrides: list[str], **kwargs: Any) -> Path:
-    return fit(load_config(config_path, overrides), **kwargs)
-
-
-__all__ = ["fit", "fit_from_file", "prepare_run_dir", "prepare_weights", "run_dataset", "RunDirError"]
+__all__ = ["fit", "make_loggers", "prepare_run_dir", "resolve_config", "RunDirError"]
