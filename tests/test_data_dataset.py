@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from kinetoscope.data.cache import DatasetStore
 from kinetoscope.config import build_config
+from kinetoscope.data.cache import DatasetStore
 from kinetoscope.data.datamodule import VideoDataModule
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.index import VideoRecord
@@ -133,3 +133,37 @@ def test_a_non_numeric_annotation_value_names_the_file_video_and_column(tmp_path
     expected = r"annotations\.csv: video 'v1': column 'num_frames' must be a number, got 'five'"
     with pytest.raises(ValueError, match=expected):
         ClipDataset(tmp_path)
+
+
+def test_frame_rate_jitter_draws_one_stride_per_clip_from_the_range(tmp_path: Path) -> None:
+    make_store(tmp_path, [25, 25])
+    ds = ClipDataset(tmp_path, "train", frames=4, jitter=True, strides=(2, 3))
+    torch.manual_seed(0)
+    strides = set()
+    for _ in range(30):
+        values = frame_values(ds[0]["video"])
+        gaps = set(np.diff(values).tolist())
+        assert len(gaps) == 1 and 0 <= values[0] and values[-1] < 25  # one spacing, inside the video
+        strides |= gaps
+    assert strides == {2, 3}
+
+
+def test_config_pipeline_evaluates_dense_windows_at_the_middle_stride(tmp_path: Path) -> None:
+    from kinetoscope.data.datamodule import config_dataset
+
+    make_store(tmp_path, [30, 30, 30, 30, 30])
+    config = build_config({"data": {"root": str(tmp_path), "frames": 4, "sampling": "dense", "stride": 10,
+                                    "frame_rate_jitter": [1, 3]}})
+    val = config_dataset(config, "val")
+    assert [c.frame_indices for c in val.clips[:2]] == [(0, 2, 4, 6), (10, 12, 14, 16)]
+    assert not val.jitter and val.strides is None and config_dataset(config, "train").strides == (1, 3)
+
+
+def test_a_dataset_without_splits_says_how_to_choose_videos(tmp_path: Path) -> None:
+    store = make_store(tmp_path, [5, 5])
+    store.write_records([r.__class__(**{**r.__dict__, "split": ""}) for r in store.records()])
+    with pytest.raises(ValueError, match="gives no video a split.*data.train_subjects.*kinetoscope cv"):
+        ClipDataset(tmp_path, "train")
+    make_store(tmp_path / "named", [5, 5, 5, 5, 5])
+    with pytest.raises(ValueError, match=r"its splits are \['train', 'val'\]"):
+        ClipDataset(tmp_path / "named", "training")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kinetoscope.config import DataConfig
+from kinetoscope.data.datamodule import clip_transform
 from kinetoscope.data.transforms import (
     CenterCrop,
     ColorJitter,
@@ -12,9 +14,15 @@ from kinetoscope.data.transforms import (
     RandomHorizontalFlip,
     RandomResizedCrop,
     Resize,
-    eval_transforms,
-    train_transforms,
 )
+
+
+def train_transforms(size: int):
+    return clip_transform(DataConfig(root=".", size=size, augment=True, shading=0.05), train=True, channels=3)
+
+
+def eval_transforms(size: int):
+    return clip_transform(DataConfig(root=".", size=size, augment=True), train=False, channels=3)
 
 
 def static_clip(t: int = 6, h: int = 32, w: int = 40) -> torch.Tensor:
@@ -77,7 +85,9 @@ def test_colour_jitter_keeps_range_and_leaves_flow_alone() -> None:
 
 def test_eval_view_is_deterministic_centre() -> None:
     video = torch.rand(3, 2, 30, 50)
-    out, _ = eval_transforms((20, 20))(video)
+    out, _ = eval_transforms(20)(video)
+    again, _ = eval_transforms(20)(video, None, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
     assert out.shape == (3, 2, 20, 20)
     assert torch.equal(Compose([CenterCrop(10)])(video)[0], video[..., 10:20, 20:30])
 
@@ -91,3 +101,44 @@ def test_resize_shorter_side_matches_data_prepare_and_scales_flow_vectors() -> N
     assert torch.allclose(out_flow, torch.full_like(out_flow, 20 / 30), atol=1e-5)  # vectors shrink with the frame
     exact, _ = Resize((10, 12))(video)
     assert exact.shape == (3, 2, 10, 12)
+
+
+def test_flow_minmax_is_the_documented_jpeg_round_trip() -> None:
+    from kinetoscope.data.transforms import FlowMinMax
+    from kinetoscope.flow.encode import minmax_uint8, unit_range
+
+    flow = torch.randn(3, 5, 12, 10, generator=torch.Generator().manual_seed(0)) * 4
+    flow[:, 2] = 1.5  # a constant frame becomes 0
+    _, out = FlowMinMax()(torch.zeros(3, 5, 12, 10), flow)
+    expected = unit_range(minmax_uint8(flow.permute(1, 2, 3, 0).numpy()))  # [T, H, W, C] per frame
+    assert torch.equal(out, torch.from_numpy(expected).permute(3, 0, 1, 2))
+    assert torch.all(out[:, 2] == 0) and out.min() == 0 and out.max() == 1
+
+
+def test_normalize_recipes_standardise_each_channel() -> None:
+    import pytest
+
+    from kinetoscope.data.transforms import NORMALIZATIONS
+
+    video = torch.rand(3, 2, 8, 8)
+    transform = clip_transform(DataConfig(root=".", normalize="kinetics"), train=False, channels=3)
+    out, _ = transform(video)
+    mean, std = NORMALIZATIONS["kinetics"]
+    for c in range(3):
+        assert torch.allclose(out[c], (video[c] - mean[c]) / std[c])
+    grey = clip_transform(DataConfig(root=".", normalize="imagenet"), train=False, channels=1)
+    out, _ = grey(video[:1])
+    assert torch.allclose(out, (video[:1] - sum(NORMALIZATIONS["imagenet"][0]) / 3) /
+                          (sum(NORMALIZATIONS["imagenet"][1]) / 3))
+    with pytest.raises(ValueError, match="2 mean/std values for 3-channel"):
+        clip_transform(DataConfig(root=".", normalize=([0.5, 0.5], [0.2, 0.2])), train=False, channels=3)
+    with pytest.raises(ValueError, match="one value per channel"):
+        DataConfig(root=".", normalize=([0.5, 0.5], [0.2]))
+    assert clip_transform(DataConfig(root="."), train=False, channels=3) is None  # auto unresolved = none
+
+
+def test_augment_without_a_size_is_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="data.size"):
+        clip_transform(DataConfig(root=".", augment=True), train=True, channels=3)

@@ -55,6 +55,34 @@ def user_errors(fn):
     return wrapper
 
 
+Accelerator = Annotated[
+    str | None,
+    typer.Option(help="auto (GPU if present), cpu, gpu or mps; also what 'auto' means in configs this command "
+                      "runs ($KINETOSCOPE_ACCELERATOR)."),
+]
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library banners, tips and warnings.")]
+    = False,
+) -> None:
+    """Video recognition that takes time seriously: train, evaluate, probe and explain spatiotemporal models."""
+    import os
+
+    if verbose:
+        os.environ["KINETOSCOPE_VERBOSE"] = "1"
+    from kinetoscope.utils import quiet_libraries
+
+    quiet_libraries()
+
+
+def _accelerator(value: str | None) -> None:
+    from kinetoscope.device import use_accelerator
+
+    use_accelerator(value)
+
+
 Overrides = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set model.hidden=16.")
 ]
@@ -68,12 +96,14 @@ def demo(
     quick: Annotated[bool, typer.Option(help="A much smaller demo (a minute; models barely learn).")] = False,
     seed: int = 0,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming finished steps.")] = False,
+    accelerator: Accelerator = None,
 ) -> None:
     """Temporal Shapes in minutes: generate, train a 3D CNN and a ConvLSTM, evaluate, report.
 
     Evaluates across domains (rr) and under frame reversal; writes report.html."""
     from kinetoscope.suites.demo import run_demo
 
+    _accelerator(accelerator)
     report = run_demo(out_dir, quick=quick, seed=seed, overwrite=overwrite)
     out.print(f"report: [bold]{report}[/]  (open it in a browser)")
 
@@ -229,6 +259,9 @@ def train(
     = None,
     devices: Annotated[int | None, typer.Option(help="Number of processes/devices.")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    accelerator: Accelerator = None,
+    precision: Annotated[str | None, typer.Option(help="32, bf16-mixed or 16-mixed (train.precision).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines for multi-node DDP (train.num_nodes).")] = None,
     overwrite: bool = False,
 ) -> None:
     """Train a model from a config; writes the run directory and its predictions."""
@@ -244,6 +277,10 @@ def train(
         extra.append(f"train.devices={devices}")
     if strategy is not None:
         extra.append(f"train.strategy={strategy}")
+    for key, value in (("accelerator", accelerator), ("precision", precision), ("num_nodes", num_nodes)):
+        if value is not None:
+            extra.append(f"train.{key}={value}")
+    _accelerator(accelerator)
     if resume is not None:
         if config is None:
             config = resume / "config.yaml"
@@ -254,7 +291,7 @@ def train(
     run_dir = fit(run_config, overwrite=overwrite, resume=resume is not None)
     if is_child_process():
         return
-    metrics = predict_run(run_dir)
+    metrics = predict_run(run_dir, accelerator=run_config.train.accelerator)
     out.print(f"run: [bold]{run_dir}[/]  val accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}")
 
 
@@ -268,11 +305,13 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="Split of --data to use (default: all clips).")] = None,
     reverse: Annotated[bool, typer.Option(help="Reverse every clip's frames.")] = False,
     name: Annotated[str | None, typer.Option(help="Name of this evaluation.")] = None,
+    accelerator: Accelerator = None,
 ) -> None:
     """Accuracy, macro-F1, per-class F1, confusion matrix; rr on another domain; --reverse."""
     from kinetoscope.evaluate.run import predict_run
     from kinetoscope.report.tables import metrics_table
 
+    _accelerator(accelerator)
     metrics = predict_run(run, data=data, split=split, reverse=reverse, name=name)
     out.print(metrics_table(metrics))
 
@@ -288,10 +327,12 @@ def predict(
     frame_aggregation: Annotated[str, typer.Option(help="Per-frame models: vote or mean.")] = "vote",
     top_fraction: Annotated[float, typer.Option(help="MIL filter: share of most confident clips.")] = 0.05,
     timeline_class: Annotated[str | None, typer.Option(help="Class whose score the timeline shows.")] = None,
+    accelerator: Accelerator = None,
 ) -> None:
     """Per-clip and per-video predictions for new videos, with a timeline plot per video."""
     from kinetoscope.suites.predict import predict_videos
 
+    _accelerator(accelerator)
     results = predict_videos(run, videos, out_dir, window=window, stride=stride,
                              frame_aggregation=frame_aggregation, top_fraction=top_fraction,
                              timeline_class=timeline_class)
@@ -319,6 +360,8 @@ def cv(
     source_cv: Annotated[Path | None, typer.Option(help="transfer: cv directory fixing the epochs.")] = None,
     epochs: Annotated[int | None, typer.Option(help="transfer: epochs on the source.")] = None,
     finetune: Annotated[bool, typer.Option(help="transfer: also fine-tune the head on target folds.")] = True,
+    accelerator: Accelerator = None,
+    devices: Annotated[int | None, typer.Option(help="Devices per fold (train.devices).")] = None,
 ) -> None:
     """Cross-validation (leave-one-subject-out x repeats) or transfer, with per-fold tables and a report."""
     from kinetoscope.config import load_config
@@ -332,7 +375,11 @@ def cv(
         misplaced.append("--no-resume")
     if misplaced:
         raise ValueError(f"{', '.join(misplaced)} has no effect with --protocol {protocol}")
-    run_config = load_config(config, list(overrides or []))
+    _accelerator(accelerator)
+    extra = list(overrides or [])
+    extra += [f"train.accelerator={accelerator}"] if accelerator else []
+    extra += [f"train.devices={devices}"] if devices else []
+    run_config = load_config(config, extra)
     subjects = None if not val_subject else ("next" if val_subject == ["next"] else list(val_subject))
     if protocol == "loso":
         from kinetoscope.suites.cv import run_cv
@@ -368,10 +415,12 @@ def explain(
     target: Annotated[str, typer.Option(help="Explain the predicted class or the label.")] = "predicted",
     options: Annotated[list[str] | None, typer.Option("--set", help="Method option, e.g. --set iterations=100.")]
     = None,
+    accelerator: Accelerator = None,
 ) -> None:
     """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids, activation maximisation."""
     from kinetoscope.explain import explain_run
 
+    _accelerator(accelerator)
     path = explain_run(run, method, list(video) if video else clips, split, data, out_dir, stream=stream,
                        target=target, **_settings(options))
     out.print(f"explanations: [bold]{path}[/]  (index.csv, GIFs, contact sheets)")
@@ -402,8 +451,10 @@ def suite_temporal_shapes(
     settings: Annotated[list[str] | None, typer.Option("--set", help="Override a scale setting, "
                                                                       "e.g. --set train_num=1000.")] = None,
     overwrite: bool = False,
+    accelerator: Accelerator = None,
 ) -> None:
     """The Temporal Shapes cross-domain study (seed 000 §5.3): accuracy and rr per family and width."""
+    _accelerator(accelerator)
     from kinetoscope.suites.temporal_shapes import run_temporal_shapes_study
 
     width_list = [int(w) for w in widths.split(",")] if widths else None
@@ -421,8 +472,10 @@ def suite_reversal(
     data: Annotated[Path | None, typer.Option(help="Evaluate on this dataset instead of each run's val.")] = None,
     split: str | None = None,
     recompute: bool = False,
+    accelerator: Accelerator = None,
 ) -> None:
     """Accuracy on original vs time-reversed clips, per run."""
+    _accelerator(accelerator)
     from kinetoscope.suites.reversal import run_reversal_suite
 
     out.print(f"report: [bold]{run_reversal_suite(runs, out_dir, data=data, split=split, recompute=recompute)}[/]")
@@ -436,8 +489,10 @@ def suite_shape_texture(
     out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/shape-texture"),
     split: str | None = None,
     recompute: bool = False,
+    accelerator: Accelerator = None,
 ) -> None:
     """S1/V, S2/V, T/V and T/S1 per run (seed 000, Diving48 domains)."""
+    _accelerator(accelerator)
     from kinetoscope.suites.reversal import run_shape_texture_suite
 
     report = run_shape_texture_suite(runs, domains, out_dir, split=split, recompute=recompute)
@@ -458,8 +513,10 @@ def suite_appearance_free(
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model options (cnn3d.hidden=8) or "
                                                                       "training (train.max_epochs=5).")] = None,
     seed: int = 0,
+    accelerator: Accelerator = None,
 ) -> None:
     """Accuracy on RGB vs appearance-free versions of a dataset, per model, with Δ (seed 003 Table 4.1)."""
+    _accelerator(accelerator)
     from kinetoscope.suites.appearance_free import run_appearance_free_suite
 
     parsed = _settings(settings)
@@ -529,6 +586,31 @@ def models_import(
 
     _, report = import_weights(source, name, file, out_path or default_output_path(file, name))
     out.print(report)
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(
+    name: Annotated[str | None, typer.Argument(help="Published weights, e.g. torchvision:r2plus1d_18.")] = None,
+    list_names: Annotated[bool, typer.Option("--list", help="List the published weights known.")] = False,
+) -> None:
+    """Download published weights once (SHA-256 checked), convert them, keep them in the cache.
+
+    Use the name as train.init_from. Offline: `models import FILE` converts a file obtained elsewhere."""
+    from kinetoscope.models.pretrained import catalogue_rows, pull
+
+    if list_names or name is None:
+        from rich.table import Table
+
+        table = Table("name", "trained on", "input", "check", "cached")
+        for row in catalogue_rows():
+            table.add_row(row["name"], row["trained on"], str(row["input"]), row["check"],
+                          "yes" if row["cached"] else "")
+        out.print(table)
+        return
+    path, note = pull(name)
+    out.print(note, highlight=False, markup=False)
+    out.print(f"weights: [bold]{path}[/]  (train.init_from: {name})")
 
 
 # -------------------------------------------------------------------------------------------- report

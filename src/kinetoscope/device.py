@@ -1,6 +1,8 @@
 """Where models run: one place turns ``--accelerator`` into a device, for every command.
 
-``auto`` takes a CUDA GPU when PyTorch sees one, then Apple's MPS, then the CPU. Asking for a device
+``auto`` takes a CUDA GPU when PyTorch sees one, then Apple's MPS, then the CPU — unless the
+``--accelerator`` option of a command (or ``$KINETOSCOPE_ACCELERATOR``) says otherwise; the option sets
+the variable, so suites and their worker processes follow it too. Asking for a device
 the machine does not have is a :class:`DeviceError` (the CLI prints it as one line, exit 2) instead of
 a traceback from deep inside PyTorch or Lightning. Training hands the same accelerator name to
 Lightning; evaluation, prediction and explanation move the model and every batch with
@@ -9,9 +11,11 @@ Lightning; evaluation, prediction and explanation move the model and every batch
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+ENV = "KINETOSCOPE_ACCELERATOR"  # what ``auto`` means in this process and its children (``--accelerator``)
 
 
 class DeviceError(ValueError):
@@ -32,6 +36,10 @@ def lightning_accelerator(accelerator: str = "auto") -> str:
     if accelerator not in ACCELERATORS:
         raise DeviceError(f"accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}")
     if accelerator == "auto":
+        accelerator = os.environ.get(ENV, "auto")
+    if accelerator not in ACCELERATORS:
+        raise DeviceError(f"${ENV}={accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+    if accelerator == "auto":
         if torch.cuda.is_available():
             return "gpu"
         return "mps" if _mps_available() else "cpu"
@@ -46,6 +54,15 @@ def lightning_accelerator(accelerator: str = "auto") -> str:
     if accelerator == "mps" and not _mps_available():
         raise DeviceError("--accelerator mps: the MPS backend is not available here; use --accelerator cpu or auto")
     return accelerator
+
+
+def use_accelerator(accelerator: str | None) -> None:
+    """Make ``accelerator`` what ``auto`` means for this command (checked now, so a missing GPU is one
+    clear error before any work starts)."""
+    if accelerator is None:
+        return
+    lightning_accelerator(accelerator)
+    os.environ[ENV] = accelerator
 
 
 def resolve_device(accelerator: str = "auto", index: int = 0) -> Any:

@@ -123,6 +123,7 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"(torch|lightning|pytorch_lightning|torchmetrics)")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
     warnings.filterwarnings("ignore", message=r".*torch.backends.cudnn.*deterministic.*")
 
 

@@ -267,26 +267,3 @@ class FlowMinMax:
         span = flow.amax(dim=(0, 2, 3), keepdim=True) - low
         scaled = torch.where(span > 0, (flow - low) / torch.where(span > 0, span, 1.0), 0.0)
         return video, torch.round(scaled * 255.0).clamp_(0, 255) / 255.0
-
-
-def train_transforms(
-    size: int | tuple[int, int],
-    flip: bool = True,
-    color: float = 0.1,
-    shading: float = 0.05,
-    scale: tuple[float, float] = (0.25, 1.0),
-) -> Compose:
-    """The default training augmentation: random resized crop, flip, colour jitter, Gaussian shading."""
-    parts: list = [RandomResizedCrop(size, scale=scale)]
-    if flip:
-        parts.append(RandomHorizontalFlip(0.5))
-    if color:
-        parts.append(ColorJitter(color, color, color, 0.0))
-    if shading:
-        parts.append(GaussianShading(shading))
-    return Compose(parts)
-
-
-def eval_transforms(size: int | tuple[int, int]) -> Compose:
-    """Deterministic evaluation view: resize to cover ``size``, then a centre crop."""
-    return Compose([ResizeCover(size), CenterCrop(size)])

@@ -124,6 +124,8 @@ def _download(url: str, target: Path, expected: str | None) -> str:
     digest = hashlib.sha256()
     try:
         response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - https or the user's mirror
+    except urllib.error.HTTPError as exc:  # the server answered: not a network problem
+        raise PretrainedError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise PretrainedError(
             f"offline: cannot download {url} ({getattr(exc, 'reason', exc)}); fetch the file elsewhere and "
