@@ -4,10 +4,13 @@ Clips of 16 frames at 112x112 (uniform over the video), batch 8, DataLoader with
 
 * cache   -- ``ClipDataset`` over the memory-mapped ``frames/<id>.npy`` written by ``prepare_dataset``;
 * decode  -- the same clips decoded from the source mp4 with PyAV (``read_video``) on every access;
+* augmented -- the cache through the training pipeline of a run config (``config_dataset``: temporal
+  jitter, random resized crop back to 112, flip, colour jitter, Kinetics normalisation);
 * cnn3d   -- clips/s of one training step (forward, backward, SGD) of
   ``create_model("cnn3d", num_classes=5, in_channels=3, hidden=16, frames=16, input_size=112)``.
 
-Goals (issue 3): cache >= 20x decode, cache >= 10x cnn3d. Peak RSS (measured in fresh subprocesses) of
+Goals: cache >= 20x decode, cache >= 10x cnn3d; augmentation costs < 25 % of the cache's throughput and
+the augmented loader stays >= 10x cnn3d. Peak RSS (measured in fresh subprocesses) of
 a full pass over 100 vs 1,000 cached videos should stay flat.
 
     .venv/bin/python benchmarks/loader.py [--videos 24] [--passes 2]
@@ -81,6 +84,17 @@ def clips_per_second(dataset: Dataset, workers: int, passes: int) -> float:
         for batch in loader:
             count += batch["video"].shape[0]
     return count / (time.perf_counter() - start)
+
+
+def augmented_dataset(root: Path) -> ClipDataset:
+    """The cache through a run config's training pipeline, as ``kinetoscope train`` builds it."""
+    from kinetoscope.config import build_config
+    from kinetoscope.data.datamodule import config_dataset
+
+    # class folders leave the split column empty: the "" split is every video
+    config = build_config({"data": {"root": str(root), "frames": FRAMES, "size": SIZE, "augment": True,
+                                    "jitter": True, "normalize": "kinetics", "train_split": ""}})
+    return config_dataset(config, "train")
 
 
 def cnn3d_clips_per_second(steps: int = 6) -> float:
@@ -167,24 +181,27 @@ def main() -> None:
         prepare_dataset(src, cache, format="folders", size=(SIZE, SIZE))
         prepare_s = time.perf_counter() - t0
         cached = ClipDataset(cache, frames=FRAMES)
+        augmented = augmented_dataset(cache)
         decoding = DecodeDataset(DatasetStore(cache).records())
         rows = []
         for workers in (0, 1, 2):
             c = clips_per_second(cached, workers, args.passes * 4)
+            a = clips_per_second(augmented, workers, args.passes * 4)
             d = clips_per_second(decoding, workers, max(1, args.passes // 2))
-            rows.append((workers, c, d))
+            rows.append((workers, c, a, d))
     model_rate = cnn3d_clips_per_second()
     print(
         f"\n{args.videos} mp4 videos (160 frames, 320x240, 25 fps); clips {FRAMES}x{SIZE}x{SIZE}, "
         f"batch {BATCH}; prepare took {prepare_s:.1f} s\n"
     )
     print(
-        f"{'workers':>7} | {'cache clips/s':>13} | {'decode clips/s':>14} | "
-        f"{'cache/decode':>12} | {'cache/cnn3d':>11}"
+        f"{'workers':>7} | {'cache clips/s':>13} | {'augmented':>9} | {'decode clips/s':>14} | "
+        f"{'cache/decode':>12} | {'aug/cache':>9} | {'cache/cnn3d':>11} | {'aug/cnn3d':>9}"
     )
-    print("-" * 70)
-    for workers, c, d in rows:
-        print(f"{workers:>7} | {c:>13.1f} | {d:>14.1f} | {c / d:>11.1f}x | {c / model_rate:>10.1f}x")
+    print("-" * 108)
+    for workers, c, a, d in rows:
+        print(f"{workers:>7} | {c:>13.1f} | {a:>9.1f} | {d:>14.1f} | {c / d:>11.1f}x | {a / c:>8.2f}x | "
+              f"{c / model_rate:>10.1f}x | {a / model_rate:>8.1f}x")
     print(f"\ncnn3d training step (hidden=16, 1 thread): {model_rate:.1f} clips/s")
     with tempfile.TemporaryDirectory() as tmp:
         small, large = measure_rss(Path(tmp), 100), measure_rss(Path(tmp), 1000)

@@ -167,3 +167,15 @@ def test_a_dataset_without_splits_says_how_to_choose_videos(tmp_path: Path) -> N
     make_store(tmp_path / "named", [5, 5, 5, 5, 5])
     with pytest.raises(ValueError, match=r"its splits are \['train', 'val'\]"):
         ClipDataset(tmp_path / "named", "training")
+
+
+def test_dataset_normalisation_is_the_training_frames_own_statistics(tmp_path: Path) -> None:
+    from kinetoscope.data.datamodule import dataset_statistics
+    from kinetoscope.train.fit import resolve_config
+
+    make_store(tmp_path, [4, 6, 3, 5, 7])  # train: v0..v3; frame t of video k is 10k + t everywhere
+    config = build_config({"data": {"root": str(tmp_path), "normalize": "dataset"}})
+    values = np.concatenate([10 * k + np.arange(n) for k, n in enumerate([4, 6, 3, 5])]) / 255.0
+    mean, std = dataset_statistics(config)
+    assert mean == pytest.approx([values.mean()] * 3, abs=1e-6) and std == pytest.approx([values.std()] * 3, abs=1e-6)
+    assert resolve_config(config).data.normalize == (mean, std)

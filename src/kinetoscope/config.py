@@ -49,9 +49,10 @@ class DataConfig(_Strict):
     frame_rate_jitter: tuple[int, int] | None = Field(
         None, description="[lo, hi]: training clips space their frames by a random stride tau in lo..hi "
         "from a random start (Feichtenhofer 2017 Ch. 3); needs frames")
-    normalize: Literal["auto", "imagenet", "kinetics", "none"] | tuple[list[float], list[float]] = Field(
-        "auto", description="RGB standardisation: imagenet, kinetics, none, or [mean, std] lists of one "
-        "value per channel; auto = the recipe of the init_from weights, else none")
+    normalize: Literal["auto", "imagenet", "kinetics", "dataset", "none"] | tuple[list[float], list[float]] = Field(
+        "auto", description="RGB standardisation: imagenet, kinetics, none, [mean, std] lists of one value per "
+        "channel, or dataset (the training part's own statistics, Broomé 2022 §3.3); auto = the recipe of the "
+        "init_from weights, else none. Resolved to numbers in the run's config.yaml")
     flow_normalize: Literal["none", "minmax"] = Field(
         "none", description="minmax: each flow frame scaled to [0, 1] over all channels, in 1/255 steps "
         "(Broomé 2022 §3.3: flow stored as 0-255 images, divided by 255)")

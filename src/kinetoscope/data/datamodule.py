@@ -66,6 +66,8 @@ def normalization(data: DataConfig, channels: int) -> tuple[list[float], list[fl
     value = data.normalize
     if value in ("none", "auto"):
         return None
+    if value == "dataset":
+        raise ValueError("data.normalize: dataset is resolved when training starts; this config was not")
     if isinstance(value, str):
         mean, std = NORMALIZATIONS[value]
         if channels == 1:
@@ -79,6 +81,30 @@ def normalization(data: DataConfig, channels: int) -> tuple[list[float], list[fl
             f"data.normalize: {len(mean)} mean/std values for {channels}-channel video; give one per channel"
         )
     return list(mean), list(std)
+
+
+def dataset_statistics(config: RunConfig, frames_per_video: int = 32) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (in [0, 1] units) of the training part's frames, from up to
+    ``frames_per_video`` evenly spaced frames of each video (``data.normalize: dataset``)."""
+    from kinetoscope.data.cache import DatasetStore
+
+    split, subjects = part_selection(config.data, "train")
+    dataset = ClipDataset(config.data.root, split, subjects=subjects)
+    store = DatasetStore(config.data.root)
+    total = total_sq = None
+    count = 0
+    for record, n in zip(dataset.records, dataset.num_frames, strict=True):
+        array = store.read_frames(record.video_id)
+        picked = np.asarray(array[np.unique(np.linspace(0, n - 1, min(n, frames_per_video)).astype(int))],
+                            dtype=np.float64) / 255.0
+        del array
+        pixels = picked.reshape(-1, picked.shape[-1])
+        total = pixels.sum(0) if total is None else total + pixels.sum(0)
+        total_sq = (pixels**2).sum(0) if total_sq is None else total_sq + (pixels**2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
 def clip_transform(data: DataConfig, *, train: bool, channels: int) -> Compose | None:

@@ -57,12 +57,17 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False, resume: bool = F
 
 def resolve_config(config: RunConfig) -> RunConfig:
     """The config a run records: ``data.normalize: auto`` replaced by the statistics of the
-    ``init_from`` weights (``none`` when there are none or they are unknown)."""
+    ``init_from`` weights (``none`` when there are none or they are unknown), ``dataset`` by the
+    training part's own."""
+    from kinetoscope.data.datamodule import dataset_statistics
     from kinetoscope.train.finetune import weights_normalization
 
-    if config.data.normalize != "auto":
+    if config.data.normalize == "dataset":
+        stats = dataset_statistics(config)
+    elif config.data.normalize == "auto":
+        stats = weights_normalization(config.train.init_from)
+    else:
         return config
-    stats = weights_normalization(config.train.init_from)
     normalize = "none" if stats is None else (list(stats[0]), list(stats[1]))
     return config.model_copy(update={"data": config.data.model_copy(update={"normalize": normalize})})
 
