@@ -15,9 +15,11 @@ Every command that reads a run's data goes through here — ``train`` (as a Ligh
 - **both** get the same normalisation: RGB standardised by ``data.normalize`` and flow scaled by
   ``data.flow_normalize``.
 
-Reproducibility: the shuffle order comes from a ``torch.Generator`` seeded with ``train.seed``; each
-DataLoader worker's torch RNG is derived from it by PyTorch, and :func:`seed_worker` seeds NumPy and
-``random`` from that, so a run with the same seed and worker count yields the same batches.
+Reproducibility: the training order and every clip's random draws come from :class:`EpochSampler`,
+a function of ``(train.seed, epoch)`` only, so a resumed run continues exactly where the interrupted
+one was (with ``train.RngState`` restoring the global RNGs that dropout uses). Each DataLoader
+worker's torch RNG is derived from the loader's seeded generator by PyTorch, and :func:`seed_worker`
+seeds NumPy and ``random`` from that.
 """
 
 from __future__ import annotations
@@ -55,6 +57,30 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled training order and per-clip random seeds that depend only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so epoch ``e`` of a resumed run sees exactly
+    the order and the augmentation draws of epoch ``e`` of an uninterrupted one. Yields
+    ``(index, clip_seed)`` pairs that :class:`~kinetoscope.data.dataset.ClipDataset` understands; the
+    seeds travel to DataLoader workers with the indices, so worker count does not change the draws."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.length, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.length,), generator=generator).tolist()
+        return iter(zip(order, seeds, strict=True))
 
 
 def normalization(data: DataConfig, channels: int) -> tuple[list[float], list[float]] | None:
@@ -240,7 +266,7 @@ class VideoDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size or data.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(len(dataset), self.config.train.seed) if shuffle else None,
             num_workers=data.num_workers,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.config.train.seed),

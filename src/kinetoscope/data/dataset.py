@@ -164,12 +164,18 @@ class ClipDataset(Dataset):
             return jitter_window(idx, n, (self.stride or len(idx)) // 2, rng)
         return idx
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Clip ``key``, or ``(index, seed)``: the seed fixes the clip's random draws (jitter and
+        augmentation), as :class:`~kinetoscope.data.datamodule.EpochSampler` gives them so that an
+        interrupted run resumes with the same draws. A bare index draws its seed from torch's global RNG."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         clip = self.clips[i]
         record = self.records[clip.video_index]
         generator = None
         if self.jitter or self.transform is not None:  # draw from the global RNG only when needed
-            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, ()))
+            generator = torch.Generator().manual_seed(seed)
         idx = self._indices(clip, generator)
         if self.reverse:
             idx = idx[::-1]

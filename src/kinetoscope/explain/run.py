@@ -166,6 +166,7 @@ def explain_run(
     from kinetoscope.explain.stats import blob_statistics, clip_statistics
     from kinetoscope.models.checkpoint import load_run_model
     from kinetoscope.models.inference import model_inputs
+    from kinetoscope.utils import progress
 
     run_dir = Path(run_dir)
     methods = _methods(method)
@@ -191,7 +192,7 @@ def explain_run(
     rgb = model_streams(model)[stream_index(model, stream)] == "rgb"
 
     explanations = {}
-    for name in methods:
+    for name in progress(methods, description=f"explain {len(positions)} clip(s)"):
         explainer = EXPLAINERS.get(name)
         explanations[name] = explainer(model, inputs, target=chosen_target, stream=stream, **per_method[name])
     heatmap_method = next((n for n, e in explanations.items() if e.heatmaps is not None), None)

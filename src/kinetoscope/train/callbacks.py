@@ -67,3 +67,61 @@ class EpochTable(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
+
+
+class RngState(pl.Callback):
+    """Carry every random number generator that training consumes through checkpoints, so a resumed
+    run continues bit for bit where the interrupted one stopped: Python's ``random``, NumPy's global
+    RNG, torch's CPU and accelerator RNGs (dropout), and the epoch of the data order
+    (:class:`~kinetoscope.data.datamodule.EpochSampler`, also found inside Lightning's DDP wrapper).
+    States are stored as tensors and plain lists, so checkpoints still load with ``weights_only=True``."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        for sampler in _epoch_samplers(trainer.train_dataloader):
+            sampler.set_epoch(trainer.current_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+            "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "numpy_rest": [int(pos), int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        if not state_dict:
+            return
+        random.setstate((state_dict["python_version"], tuple(state_dict["python"]), state_dict["python_gauss"]))
+        pos, has_gauss, gauss = state_dict["numpy_rest"]
+        np.random.set_state(("MT19937", state_dict["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss),
+                             float(gauss)))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _epoch_samplers(loader: Any) -> list[Any]:
+    """The :class:`EpochSampler` s behind a train dataloader (directly, or wrapped for DDP)."""
+    found = []
+    for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        inner = getattr(getattr(sampler, "dataset", None), "_sampler", None)  # lightning's DistributedSamplerWrapper
+        for candidate in (sampler, inner):
+            if candidate is not None and hasattr(candidate, "set_epoch") and type(candidate).__name__ == "EpochSampler":
+                found.append(candidate)
+    return found

@@ -79,7 +79,7 @@ def model_spec(config: RunConfig, dataset_meta: dict[str, Any], classes: list[st
 
     options = dict(config.model.options)
     accepted = model_options(config.model.name)
-    size = dataset_meta.get("size")
+    size = config.data.size or dataset_meta.get("size")  # the crop the model sees, else the cached frames
     if "input_size" in accepted and "input_size" not in options and size:
         options["input_size"] = int(size[0] if isinstance(size, list | tuple) else size)
     frames = config.data.frames or dataset_meta.get("frames")
@@ -114,7 +114,7 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     from kinetoscope.device import lightning_accelerator
     from kinetoscope.models import create_model
     from kinetoscope.models.checkpoint import save_run_model
-    from kinetoscope.train.callbacks import EpochTable
+    from kinetoscope.train.callbacks import EpochTable, RngState
     from kinetoscope.train.finetune import (
         freeze,
         frozen_batchnorm_callback,
@@ -156,7 +156,7 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
                                 mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
     show_bar = config.train.progress and is_interactive()
     callbacks = [best_ckpt, EpochTable(run_dir / "metrics.csv", echo=config.train.progress and not show_bar,
-                                       max_epochs=config.train.max_epochs)]
+                                       max_epochs=config.train.max_epochs), RngState()]
     if validate:
         patience = config.train.patience
         callbacks.append(EarlyStopping(monitor=config.train.monitor, mode=mode, patience=patience))
