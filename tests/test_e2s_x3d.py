@@ -79,4 +79,10 @@ def test_e2s_x3d_is_registered_and_trains_for_a_step() -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     torch.optim.Adam(model.parameters(), lr=3e-4).step()  # the thesis's optimiser and learning rate
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+    grads = [n for n, p in model.named_parameters() if p.grad.abs().sum() > 0]
+    assert changed == grads and len(changed) > 0.9 * len(before)  # every parameter with a gradient moved
+    # both streams learn: the step moved parameters of the RGB and of the flow tower
+    assert any("flow" in n for n in changed) and any("flow" not in n for n in changed)

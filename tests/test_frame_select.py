@@ -75,5 +75,13 @@ def test_short_clips_and_gradient() -> None:
 
 def test_module_records_its_last_selection() -> None:
     module = TripletCosineSelect()
-    out = module(torch.randn(2, 3, 4, 2, 2))
+    x = torch.randn(2, 3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = module(x)
     assert out.shape == (2, 3, 2, 2, 2) and module.last_indices.shape == (2, 2)
+    for b in range(2):  # the recorded indices are the frames the output holds, as select_frames picks them
+        assert torch.equal(out[b], x[b][:, module.last_indices[b]])
+    _, expected = select_frames(x)
+    assert torch.equal(module.last_indices, expected)
+    second = module(x.flip(2))  # a new call replaces the record
+    for b in range(2):
+        assert torch.equal(second[b], x.flip(2)[b][:, module.last_indices[b]])

@@ -154,9 +154,17 @@ def test_sub_batch_norm_normalises_each_sub_batch_with_its_own_moments() -> None
 
 
 def test_pool3d_uses_the_code_kernel_and_clamps_to_short_clips() -> None:
-    x = torch.randn(1, 2, 11, 8, 8)
-    assert pool3d(x).shape == (1, 2, 4, 4, 4)
-    assert pool3d(torch.randn(1, 2, 3, 8, 8)).shape == (1, 2, 1, 4, 4)
+    x = torch.randn(1, 2, 11, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = pool3d(x)
+    assert out.shape == (1, 2, 4, 4, 4)
+    # kernel 5 (time) x 2 x 2, stride 2: output (t, i, j) is the max of frames 2t..2t+4, rows 2i..2i+1
+    for t, i, j in ((0, 0, 0), (3, 2, 1), (1, 3, 3)):
+        window = x[0, :, 2 * t : 2 * t + 5, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+        assert torch.equal(out[0, :, t, i, j], window.amax(dim=(1, 2, 3)))
+    short = torch.randn(1, 2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    clamped = pool3d(short)  # a 3-frame clip: the temporal kernel shrinks to 3, one output step over all
+    assert clamped.shape == (1, 2, 1, 4, 4)
+    assert torch.equal(clamped[0, :, 0, 1, 2], short[0, :, :, 2:4, 4:6].amax(dim=(1, 2, 3)))
 
 
 def test_frame_resnet50_has_the_2d_resnet50_parameter_count() -> None:
