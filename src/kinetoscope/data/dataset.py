@@ -29,6 +29,7 @@ from kinetoscope.data.sampling import (
     plan_clips,
     random_stride_window,
 )
+from kinetoscope.data.transforms import to_float
 
 
 def _num_frames(path: Path) -> int:
@@ -180,7 +181,7 @@ class ClipDataset(Dataset):
         if self.reverse:
             idx = idx[::-1]
         array = self.store.read_frames(record.video_id)
-        video = torch.from_numpy(np.ascontiguousarray(array[idx])).permute(3, 0, 1, 2).float().div_(255.0)
+        video = torch.from_numpy(np.ascontiguousarray(array[idx])).permute(3, 0, 1, 2)  # uint8 [C, T, H, W]
         del array
         flow = None
         if self.flow:
@@ -194,6 +195,7 @@ class ClipDataset(Dataset):
                 flow[:2] = -flow[:2]
         if self.transform is not None:
             video, flow = self.transform(video, flow, generator)
+        video = to_float(video)
         sample = {
             "video": video.contiguous(),
             "label": self.labels[i],

@@ -6,7 +6,9 @@ jittered (here: random resized crop), the same crop and flip for all chunks and 
 horizontal flip negates the horizontal flow component u. Seed 003 §train: contrast/hue/brightness
 jitter, whole-video flip.
 
-Every transform takes and returns ``(video, flow)``: ``video`` float ``[C, T, H, W]`` in [0, 1],
+Every transform takes and returns ``(video, flow)``: ``video`` ``[C, T, H, W]``, float in [0, 1] or
+the cache's uint8 (geometric transforms keep uint8, which resizes several times faster; photometric
+ones return float; :func:`to_float` finishes the conversion),
 ``flow`` float ``[2|3, T, H, W]`` (u, v[, magnitude]) or ``None``; randomness comes from the
 ``torch.Generator`` passed in, so a seeded generator reproduces the clip bit for bit. Geometric
 transforms move the flow with the frames and rescale its vectors; photometric ones leave it alone.
@@ -30,12 +32,21 @@ def _uniform(low: float, high: float, generator: torch.Generator | None) -> floa
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
+def to_float(video: Tensor) -> Tensor:
+    """uint8 0–255 -> float32 [0, 1]; float input is returned as it is."""
+    return video.float().div_(255.0) if video.dtype == torch.uint8 else video
+
+
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``[C, T, H, W]`` -> ``[C, T, h, w]`` (bilinear, frames as a batch)."""
+    """``[C, T, H, W]`` -> ``[C, T, h, w]`` (bilinear, antialiased, frames as a batch). uint8 frames are
+    resized as uint8 in channels-last layout, PyTorch's fastest path (about 4x the float one)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    y = F.interpolate(x.permute(1, 0, 2, 3), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return y.permute(1, 0, 2, 3)
+    frames = x.permute(1, 0, 2, 3)
+    if x.dtype == torch.uint8:
+        frames = frames.contiguous(memory_format=torch.channels_last)
+    y = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return y.permute(1, 0, 2, 3).contiguous()
 
 
 def _crop_resize_flow(flow: Tensor, top: int, left: int, h: int, w: int, size: tuple[int, int]) -> Tensor:
@@ -185,7 +196,9 @@ def _grey(video: Tensor) -> Tensor:
 
 class ColorJitter:
     """Brightness, contrast, saturation factors in ``[1 − x, 1 + x]`` and a hue rotation in
-    ``[−hue, hue]`` turns (YIQ rotation), one draw per clip. Saturation and hue need RGB."""
+    ``[−hue, hue]`` turns (YIQ rotation), one draw per clip, applied in that order. Saturation and hue
+    need RGB. Every step is affine in the pixel values, so the four are composed into one colour
+    matrix and offset and applied in a single pass (then clamped to [0, 1])."""
 
     def __init__(
         self, brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1, hue: float = 0.0
@@ -195,22 +208,34 @@ class ColorJitter:
     def __call__(
         self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Pair:
-        if self.brightness:
-            video = video * _uniform(1 - self.brightness, 1 + self.brightness, generator)
-        if self.contrast:
-            mean = _grey(video).mean()
-            video = (video - mean) * _uniform(1 - self.contrast, 1 + self.contrast, generator) + mean
-        if video.shape[0] == 3 and self.saturation:
-            grey = _grey(video)
-            video = (video - grey) * _uniform(1 - self.saturation, 1 + self.saturation, generator) + grey
-        if video.shape[0] == 3 and self.hue:
+        video = to_float(video)
+        c = video.shape[0]
+        matrix = torch.eye(c, dtype=torch.float64)
+        offset = torch.zeros(c, dtype=torch.float64)
+        if self.brightness:  # v * b
+            matrix *= _uniform(1 - self.brightness, 1 + self.brightness, generator)
+        if self.contrast:  # (v - m) * k + m, m = the clip's mean grey level after brightness
+            k = _uniform(1 - self.contrast, 1 + self.contrast, generator)
+            means = video.mean(dim=(1, 2, 3)).double()
+            grey_mean = float(_GREY[:c] @ (matrix @ means + offset)) if c == 3 else float(matrix[0, 0] * means[0])
+            matrix, offset = matrix * k, offset * k + (1 - k) * grey_mean
+        if c == 3 and self.saturation:  # (v - g) * s + g, g = the pixel's grey level
+            s = _uniform(1 - self.saturation, 1 + self.saturation, generator)
+            blend = s * torch.eye(3, dtype=torch.float64) + (1 - s) * _GREY[None, :].expand(3, 3)
+            matrix, offset = blend @ matrix, blend @ offset
+        if c == 3 and self.hue:
             angle = 2 * math.pi * _uniform(-self.hue, self.hue, generator)
-            to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-            c, s = math.cos(angle), math.sin(angle)
-            rot = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]])
-            matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq
-            video = torch.einsum("ij,jthw->ithw", matrix.to(video.dtype), video)
-        return video.clamp(0.0, 1.0), flow
+            cos, sin = math.cos(angle), math.sin(angle)
+            rot = torch.tensor([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
+            rotate = torch.linalg.inv(_YIQ) @ rot @ _YIQ
+            matrix, offset = rotate @ matrix, rotate @ offset
+        flat = video.reshape(c, -1)
+        out = torch.addmm(offset.to(video.dtype)[:, None], matrix.to(video.dtype), flat)
+        return out.view_as(video).clamp_(0.0, 1.0), flow
+
+
+_GREY = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
 
 
 class GaussianShading:
@@ -225,6 +250,7 @@ class GaussianShading:
     ) -> Pair:
         if float(torch.rand((), generator=generator)) >= self.p:
             return video, flow
+        video = to_float(video)
         c, _, h, w = video.shape
         noise = torch.randn((c, 1, h, w), generator=generator, dtype=video.dtype) * self.std
         return (video + noise).clamp(0.0, 1.0), flow
@@ -250,7 +276,9 @@ class Normalize:
     def __call__(
         self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Pair:
-        return (video - self.mean.to(video.dtype)) / self.std.to(video.dtype), flow
+        video = to_float(video)
+        scale = (1.0 / self.std).to(video.dtype)
+        return torch.addcmul((-self.mean * (1.0 / self.std)).to(video.dtype), video, scale), flow  # one pass
 
 
 class FlowMinMax:
