@@ -142,3 +142,23 @@ def test_augment_without_a_size_is_refused() -> None:
 
     with pytest.raises(ValueError, match="data.size"):
         clip_transform(DataConfig(root=".", augment=True), train=True, channels=3)
+
+
+def test_colour_jitter_is_the_sequential_definition_in_one_pass() -> None:
+    """Brightness, then contrast about the mean grey, then saturation about each pixel's grey, then
+    clamping — and with the normalisation folded in, the same as Normalize afterwards."""
+    from kinetoscope.data.transforms import Normalize
+
+    video = torch.rand(3, 4, 6, 6, generator=torch.Generator().manual_seed(2))
+    jitter = ColorJitter(0.3, 0.3, 0.3, 0.0)
+    out, _ = jitter(video, None, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    b, c, s = (float(1 - 0.3 + 0.6 * torch.rand((), generator=g)) for _ in range(3))
+    grey = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)
+    x = video * b
+    x = (x - (x * grey).sum(0).mean()) * c + (x * grey).sum(0).mean()
+    x = (x - (x * grey).sum(0, keepdim=True)) * s + (x * grey).sum(0, keepdim=True)
+    assert torch.allclose(out, x.clamp(0, 1), atol=1e-5)
+    stats = ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    fused, _ = ColorJitter(0.3, 0.3, 0.3, 0.0, then_normalize=stats)(video, None, torch.Generator().manual_seed(5))
+    assert torch.allclose(fused, Normalize(*stats)(out)[0], atol=1e-5)

@@ -144,14 +144,17 @@ def clip_transform(data: DataConfig, *, train: bool, channels: int) -> Compose |
             parts += [ResizeCover(data.size), CenterCrop(data.size)]
     elif train and data.augment:
         raise ValueError("data.augment crops to data.size: set data.size (e.g. 112)")
+    stats = normalization(data, channels)
+    fused = False
     if train and data.augment:
         parts.append(RandomHorizontalFlip(0.5))
         if data.color_jitter:
-            parts.append(ColorJitter(data.color_jitter, data.color_jitter, data.color_jitter, 0.0))
+            fused = stats is not None and not data.shading  # normalisation folded into the colour pass
+            jitter = data.color_jitter
+            parts.append(ColorJitter(jitter, jitter, jitter, 0.0, then_normalize=stats if fused else None))
     if train and data.shading:
         parts.append(GaussianShading(data.shading))
-    stats = normalization(data, channels)
-    if stats is not None:
+    if stats is not None and not fused:
         parts.append(Normalize(*stats))
     if data.flow_normalize == "minmax":
         parts.append(FlowMinMax())

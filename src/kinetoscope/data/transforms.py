@@ -198,12 +198,21 @@ class ColorJitter:
     """Brightness, contrast, saturation factors in ``[1 − x, 1 + x]`` and a hue rotation in
     ``[−hue, hue]`` turns (YIQ rotation), one draw per clip, applied in that order. Saturation and hue
     need RGB. Every step is affine in the pixel values, so the four are composed into one colour
-    matrix and offset and applied in a single pass (then clamped to [0, 1])."""
+    matrix and offset and applied in a single pass (then clamped to [0, 1]). With ``then_normalize=
+    (mean, std)`` the standardisation that follows is folded into the same pass (and the clamp bounds),
+    which equals :class:`Normalize` after the jitter."""
 
     def __init__(
-        self, brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1, hue: float = 0.0
+        self,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        saturation: float = 0.1,
+        hue: float = 0.0,
+        *,
+        then_normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.then_normalize = then_normalize
 
     def __call__(
         self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
@@ -229,9 +238,14 @@ class ColorJitter:
             rot = torch.tensor([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
             rotate = torch.linalg.inv(_YIQ) @ rot @ _YIQ
             matrix, offset = rotate @ matrix, rotate @ offset
+        low, high = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+        if self.then_normalize is not None:  # (clamp(M v + o) - mean) / std == clamp(M' v + o', low', high')
+            mean, std = (torch.as_tensor(x, dtype=torch.float64) for x in self.then_normalize)
+            matrix, offset = matrix / std[:, None], (offset - mean) / std
+            low, high = -mean / std, (1 - mean) / std
         flat = video.reshape(c, -1)
         out = torch.addmm(offset.to(video.dtype)[:, None], matrix.to(video.dtype), flat)
-        return out.view_as(video).clamp_(0.0, 1.0), flow
+        return out.clamp_(low.to(video.dtype)[:, None], high.to(video.dtype)[:, None]).view_as(video), flow
 
 
 _GREY = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
