@@ -152,10 +152,15 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
 
     mode = "min" if config.train.monitor == "val_loss" else "max"
     monitor = config.train.monitor if validate else None  # no validation: keep the last epoch
-    best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                                mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
+    # last.ckpt after every epoch, improved or not (Lightning 2.6's save_last only follows top-k saves);
+    # best.ckpt when the monitored value improves; without validation the last epoch is the best
+    last_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                enable_version_counter=False)
+    best_ckpt = last_ckpt if monitor is None else ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        enable_version_counter=False)
     show_bar = config.train.progress and is_interactive()
-    callbacks = [best_ckpt, EpochTable(run_dir / "metrics.csv", echo=config.train.progress and not show_bar,
+    callbacks = [*{id(c): c for c in (best_ckpt, last_ckpt)}.values(), EpochTable(run_dir / "metrics.csv", echo=config.train.progress and not show_bar,
                                        max_epochs=config.train.max_epochs), RngState()]
     if validate:
         patience = config.train.patience
