@@ -162,3 +162,11 @@ def test_colour_jitter_is_the_sequential_definition_in_one_pass() -> None:
     stats = ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
     fused, _ = ColorJitter(0.3, 0.3, 0.3, 0.0, then_normalize=stats)(video, None, torch.Generator().manual_seed(5))
     assert torch.allclose(fused, Normalize(*stats)(out)[0], atol=1e-5)
+
+
+def test_colour_jitter_on_cached_uint8_equals_it_on_float() -> None:
+    video = torch.randint(0, 256, (3, 4, 6, 6), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    jitter = ColorJitter(0.3, 0.3, 0.3, 0.05)
+    a, _ = jitter(video, None, torch.Generator().manual_seed(1))
+    b, _ = jitter(video.float() / 255, None, torch.Generator().manual_seed(1))
+    assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5)

@@ -217,9 +217,10 @@ class ColorJitter:
     def __call__(
         self, video: Tensor, flow: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Pair:
-        video = to_float(video)
+        unit = 1.0 / 255.0 if video.dtype == torch.uint8 else 1.0  # folded into the matrix: one pass less
+        video = video.float() if video.dtype == torch.uint8 else video
         c = video.shape[0]
-        matrix = torch.eye(c, dtype=torch.float64)
+        matrix = torch.eye(c, dtype=torch.float64) * unit
         offset = torch.zeros(c, dtype=torch.float64)
         if self.brightness:  # v * b
             matrix *= _uniform(1 - self.brightness, 1 + self.brightness, generator)
