@@ -160,8 +160,9 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode, save_top_k=1,
         enable_version_counter=False)
     show_bar = config.train.progress and is_interactive()
-    callbacks = [*{id(c): c for c in (best_ckpt, last_ckpt)}.values(), EpochTable(run_dir / "metrics.csv", echo=config.train.progress and not show_bar,
-                                       max_epochs=config.train.max_epochs), RngState()]
+    table = EpochTable(run_dir / "metrics.csv", echo=config.train.progress and not show_bar,
+                       max_epochs=config.train.max_epochs)
+    callbacks = [*{id(c): c for c in (best_ckpt, last_ckpt)}.values(), table, RngState()]
     if validate:
         patience = config.train.patience
         callbacks.append(EarlyStopping(monitor=config.train.monitor, mode=mode, patience=patience))
