@@ -87,6 +87,7 @@ class KeyMapping:
     to_foreign: Rules
     infer_options: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
     singleton_dims: tuple[tuple[str, int], ...] = ()
+    build: Callable[..., nn.Module] | None = None  # a builder for models outside the video registry
 
     @staticmethod
     def _rewrite(rules: Rules, key: str) -> str:
@@ -218,6 +219,15 @@ X3D_MAPPING = KeyMapping(
     singleton_dims=((r"head\.fc1\.weight", 3),),
 )
 
+def _build_dino_vits8(**options: Any) -> nn.Module:
+    from kinetoscope.models.dino_vit import dino_vits8
+
+    return dino_vits8(**options)
+
+
+# facebookresearch/dino ``dino_deitsmall8_pretrain.pth``: the layout is kinetoscope's own (models/dino_vit.py)
+DINO_MAPPING = KeyMapping(to_kinetoscope=(), to_foreign=(), infer_options=lambda state: {}, build=_build_dino_vits8)
+
 SUPPORTED: dict[str, dict[str, KeyMapping]] = {
     "torchvision": {
         **{f"r3d_{d}": _torchvision_mapping(d, False) for d in (18, 34, 50, 101)},
@@ -225,6 +235,7 @@ SUPPORTED: dict[str, dict[str, KeyMapping]] = {
         **{f"r2plus1d_{d}": _torchvision_mapping(d, True) for d in (18, 34, 50, 101)},
     },
     "pytorchvideo": {f"x3d_{v}": X3D_MAPPING for v in ("xs", "s", "m", "l")},
+    "dino": {"dino_vits8": DINO_MAPPING},
 }
 
 
@@ -447,7 +458,7 @@ def import_weights(
     out_path: str | Path | None = None,
     **options: Any,
 ) -> tuple[nn.Module, ImportReport]:
-    """Build kinetoscope model ``name`` from a ``source`` ("torchvision" | "pytorchvideo") checkpoint.
+    """Build kinetoscope model ``name`` from a ``source`` ("torchvision" | "pytorchvideo" | "dino") checkpoint.
 
     ``num_classes``, ``in_channels`` (and the bottleneck expansion of deep ResNets) are read from the
     checkpoint; ``options`` override them or set other builder options (e.g. ``dropout``). The model is
@@ -459,23 +470,31 @@ def import_weights(
 
     mapping = get_mapping(source, name)
     checkpoint_path = Path(checkpoint_path)
+    if source == "dino" and not checkpoint_path.is_file():
+        from kinetoscope.models.dino_vit import CHECKPOINT_NAME, CHECKPOINT_URL
+
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist; download {CHECKPOINT_NAME} "
+                                f"from {CHECKPOINT_URL} (facebookresearch/dino) and pass its path")
     foreign = read_checkpoint(checkpoint_path)
     build_options = {**mapping.infer_options(foreign), **options}
-    num_classes = build_options.pop("num_classes", 400)
-    in_channels = build_options.pop("in_channels", 3)
-    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **build_options)
+    if mapping.build is not None:
+        model = mapping.build(**build_options)
+        all_options = dict(build_options)
+    else:
+        num_classes = build_options.pop("num_classes", 400)
+        in_channels = build_options.pop("in_channels", 3)
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels, **build_options)
+        all_options = {"num_classes": num_classes, "in_channels": in_channels, **build_options}
     state, reshaped = map_state_dict(
         foreign,
         mapping,
         model.state_dict(),
-        f"checkpoint {checkpoint_path} ({source} layout) does not fit kinetoscope model {name!r} "
-        f"(num_classes={num_classes}, in_channels={in_channels}"
-        + "".join(f", {k}={v}" for k, v in build_options.items())
+        f"checkpoint {checkpoint_path} ({source} layout) does not fit kinetoscope model {name!r} ("
+        + ", ".join(f"{k}={v}" for k, v in all_options.items())
         + "):",
     )
     model.load_state_dict(state, strict=True)
     model.eval()
-    all_options = {"num_classes": num_classes, "in_channels": in_channels, **build_options}
     written = None
     if out_path is not None:
         import json
