@@ -269,3 +269,36 @@ def test_dataset_motion_noise_resumes_and_refuses_other_settings(tmp_path):
     with pytest.raises(KeyError, match="available: torso"):
         make_obfuscated_dataset(tmp_path / "src", tmp_path / "o2", ObfuscationSettings(templates=("hair",)),
                                 library=library, extractor=extractor)
+
+
+def test_cli_templates_then_obfuscate(tmp_path):
+    from typer.testing import CliRunner
+
+    from kinetoscope.cli import app
+    from kinetoscope.data.cache import DatasetStore
+
+    runner = CliRunner()
+    video = _person_video(3)
+    _store(tmp_path / "src", {"a": video})
+    image = tmp_path / "person.png"
+    cv2.imwrite(str(image), cv2.cvtColor(video[0], cv2.COLOR_RGB2BGR))
+    library = tmp_path / "lib.json"
+    result = runner.invoke(app, ["synth", "templates", str(image), "--patch", f"{X0 + 20},{Y0 + 20}", "--name", "torso",
+                                 "--library", str(library), "--extractor", "colour"])
+    assert result.exit_code == 0, result.output
+    assert TemplateLibrary(library).load()["torso"].key == [1.0, -1.0, -1.0]
+    args = ["synth", "obfuscate", str(tmp_path / "src"), str(tmp_path / "out"), "--library", str(library),
+            "--extractor", "colour"]
+    result = runner.invoke(app, [*args, "--templates", "torso,face"])
+    assert result.exit_code == 2 and "unknown template(s) ['face']" in result.output
+    assert "available: torso" in result.output
+    result = runner.invoke(app, [*args, "--templates", "torso"])
+    assert result.exit_code == 0, result.output
+    assert DatasetStore(tmp_path / "out").read_frames("a").shape == video.shape
+    result = runner.invoke(app, ["synth", "obfuscate", str(tmp_path / "src"), str(tmp_path / "blur"), "--method",
+                                 "blur", "--strength", "strong"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(DatasetStore(tmp_path / "blur").read_frames("a"), blur(video, "strong"))
+    result = runner.invoke(app, ["synth", "templates", str(tmp_path / "none.png"), "--patch", "1,1", "--name", "x",
+                                 "--library", str(library), "--extractor", "colour"])
+    assert result.exit_code == 2 and "none.png" in result.output

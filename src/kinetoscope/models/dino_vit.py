@@ -203,18 +203,19 @@ def load_dino_vits8(weights: str | Path) -> DinoViT:
 EXTRACTORS = ("dino", "colour")
 
 
-def make_key_extractor(name: str = "dino", weights: str | Path | None = None, **options):
-    """The key extractor ``name``: ``dino`` (DINO ViT-S/8 keys; ``weights`` = the imported
-    ``.safetensors``) or ``colour`` (:class:`kinetoscope.synth.privacy.ColourKeyExtractor`, a stand-in)."""
+def make_key_extractor(name: str = "dino", weights: str | Path | None = None, stride: int = 4):
+    """The key extractor ``name``: ``dino`` (DINO ViT-S/8 keys at patch-embedding ``stride``; ``weights`` =
+    the imported ``.safetensors``) or ``colour`` (:class:`kinetoscope.synth.privacy.ColourKeyExtractor`, a
+    stand-in for trying the pipeline without the DINO weights)."""
     if name == "dino":
         if weights is None:
             raise ValueError(f"the dino extractor needs --weights: the .safetensors imported from {CHECKPOINT_NAME} "
                              f"({CHECKPOINT_URL}) with `kinetoscope models import --from dino dino_vits8 FILE`")
-        return DinoKeyExtractor(load_dino_vits8(weights), **options)
+        return DinoKeyExtractor(load_dino_vits8(weights), stride=stride)
     if name == "colour":
         from kinetoscope.synth.privacy import ColourKeyExtractor
 
-        return ColourKeyExtractor(**options)
+        return ColourKeyExtractor()
     raise ValueError(f"unknown key extractor {name!r}; accepted: {', '.join(EXTRACTORS)}")
 
 

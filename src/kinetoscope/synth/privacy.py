@@ -184,6 +184,30 @@ def make_template(image: np.ndarray, point: tuple[int, int], name: str, extracto
                     image=str(source), point=(x, y), patch=(col, row))
 
 
+def template_from_file(image_path: str | Path, point: tuple[int, int], name: str, extractor: KeyExtractor,
+                       library: str | Path, overwrite: bool = False) -> Template:
+    """Read an image file (any format OpenCV reads), make the template at pixel ``point`` and add it to
+    ``library``."""
+    import cv2
+
+    image_path = Path(image_path)
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR) if image_path.is_file() else None
+    if image is None:
+        raise FileNotFoundError(f"template image {image_path} does not exist or is not an image")
+    template = make_template(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), point, name, extractor, source=str(image_path))
+    TemplateLibrary(library).add(template, overwrite=overwrite)
+    return template
+
+
+def parse_point(text: str) -> tuple[int, int]:
+    """``"x,y"`` -> ``(x, y)`` pixel coordinates."""
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--patch {text!r} must be two integers x,y (pixel column, row)") from None
+    return x, y
+
+
 # ---------------------------------------------------------------------------------------------------
 # Saliency, noise, blend
 
@@ -547,5 +571,5 @@ def _keys_digest(keys: np.ndarray) -> str:
 __all__ = ["BLUR_STRENGTHS", "COMBINE", "DEFAULT_TEMPLATES", "METHODS", "NOISE_MODES", "PIXELATE_BLOCKS",
            "ColourKeyExtractor", "KeyExtractor", "ObfuscationSettings", "Template", "TemplateLibrary", "blend",
            "blur", "blur_kernel", "dataset_mean_std", "iid_noise", "make_obfuscated_dataset", "make_template",
-           "mask_fill", "motion_noise", "noise_bounds", "obfuscate", "pixelate", "saliency_maps",
-           "uniform_noise"]
+           "mask_fill", "motion_noise", "noise_bounds", "obfuscate", "parse_point", "pixelate", "saliency_maps",
+           "template_from_file", "uniform_noise"]
