@@ -30,7 +30,8 @@ app = typer.Typer(
 synth_app = typer.Typer(help="Generate and derive datasets.", no_args_is_help=True)
 data_app = typer.Typer(help="Index, decode and cache videos; inspect datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="List models, profile one, import weights.", no_args_is_help=True)
-suite_app = typer.Typer(help="Probing suites: Temporal Shapes study, reversal, appearance-free, shape/texture.",
+suite_app = typer.Typer(help="Probing suites: Temporal Shapes study, reversal, appearance-free, shape/texture, "
+                        "privacy.",
                         no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 app.add_typer(data_app, name="data")
@@ -589,6 +590,49 @@ def suite_appearance_free(
                                        af_data=af_data, model_options=parsed or None, train=train,
                                        flow_method=flow, mode=mode, placement=placement, grayscale=grayscale,
                                        seed=seed)
+    out.print(f"report: [bold]{report}[/]")
+
+
+@suite_app.command("privacy")
+@user_errors
+def suite_privacy(
+    data: Annotated[Path, typer.Argument(help="A dataset with subjects (KTH-style).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/privacy"),
+    action_model: Annotated[str, typer.Option(help="Model name to train, or a finished run directory.")] = "cnn3d",
+    identity_model: Annotated[str, typer.Option(help="Model name to train, or a finished run directory.")]
+    = "cnn3d",
+    method: Annotated[list[str] | None, typer.Option(help="motion-noise, iid-noise, mask, pixelate-4, pixelate-16, "
+                                                          "blur-weak, blur-strong (default: all possible).")] = None,
+    templates: Annotated[str, typer.Option(help="Comma-separated template names.")] = "torso,arm,leg,hair",
+    library: Annotated[Path | None, typer.Option(help="Template library (JSON) for the noise methods.")] = None,
+    extractor: Annotated[str, typer.Option(help="Key extractor of the templates: dino or colour.")] = "dino",
+    weights: Annotated[Path | None, typer.Option(help="DINO ViT-S/8 .safetensors.")] = None,
+    stride: Annotated[int, typer.Option(help="DINO patch-embedding stride.")] = 4,
+    masks: Annotated[Path | None, typer.Option(help="Directory of <video_id>.npy person masks (mask method).")]
+    = None,
+    flow: str = "farneback",
+    resplit: Annotated[bool, typer.Option(help="KTH-style split: per subject and action, the last video is val.")]
+    = False,
+    lam: Annotated[float, typer.Option("--lambda", help="λ of f_λ = (1-λ)·action + λ·(1-identity).")] = 0.5,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Model options (cnn3d.hidden=8) or "
+                                                                      "training (train.max_epochs=5).")] = None,
+    seed: int = 0,
+) -> None:
+    """Action vs identity accuracy per obfuscation method, with f_λ (Ilic 2024 Table 5.2)."""
+    from kinetoscope.suites.privacy import run_privacy_suite
+
+    key_extractor = None
+    if library is not None:
+        from kinetoscope.models.dino_vit import make_key_extractor
+
+        key_extractor = make_key_extractor(extractor, weights, stride)
+    parsed = _settings(settings)
+    train = parsed.pop("train", None)
+    report = run_privacy_suite(data, out_dir, action_model=action_model, identity_model=identity_model,
+                               methods=tuple(method) if method else None, library=library,
+                               templates=tuple(n.strip() for n in templates.split(",") if n.strip()),
+                               extractor=key_extractor, masks_dir=masks, flow_method=flow, resplit=resplit,
+                               model_options=parsed or None, train=train, lam=lam, seed=seed)
     out.print(f"report: [bold]{report}[/]")
 
 

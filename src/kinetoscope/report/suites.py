@@ -8,6 +8,8 @@ Each function returns an HTML fragment that a suite writes under ``<study>/secti
 * :func:`reversal_section` — accuracy on original vs time-reversed clips per run (seed 001 [P] Table 1).
 * :func:`appearance_free_section` — RGB vs appearance-free accuracy with Δ (seed 003 Table 4.1) and
   the single-frame leakage probe.
+* :func:`privacy_section` / :func:`privacy_tradeoff_plot` — action vs identity accuracy per obfuscation
+  method with f_λ (Ilic 2024 Table 5.2).
 * :func:`domain_ratio_rows` / :func:`domain_ratio_section` — S1/V, S2/V, T/V, T/S1 (seed 000 [T] Tables
   5.8–5.11) with the ``*`` rule: a low T/V only counts when T/S1 < 1.
 """
@@ -211,5 +213,39 @@ def domain_ratio_section(accuracies: dict[str, dict[str, float]]) -> str:
             + html_table(["model", "S1/V ↑", "S2/V ↑", "T/V ↓", "T/S1 ↓"], table_rows))
 
 
-__all__ = ["appearance_free_section", "domain_ratio_rows", "domain_ratio_section", "reversal_section", "rr_plots",
+def privacy_tradeoff_plot(rows: list[dict[str, Any]], path: Path, chance: tuple[float, float] | None = None) -> Path:
+    """Action accuracy (↑) against identity accuracy (↓) per obfuscation method (Ilic 2024 Table 5.2 as a
+    scatter); the best corner is top left. ``chance``: (action, identity) chance levels, drawn dashed."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    for r in rows:
+        ax.scatter(100 * r["identity"], 100 * r["action"], s=30)
+        ax.annotate(r["method"], (100 * r["identity"], 100 * r["action"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    if chance is not None:
+        ax.axhline(100 * chance[0], ls="--", lw=0.8, color="grey")
+        ax.axvline(100 * chance[1], ls="--", lw=0.8, color="grey")
+    ax.set(xlabel="identity accuracy % (lower = more private)", ylabel="action accuracy % (higher = more useful)",
+           xlim=(-2, 102), ylim=(-2, 102), title="privacy–utility trade-off")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def privacy_section(rows: list[dict[str, Any]], figure: Path | None, lam: float, notes: list[str]) -> str:
+    """Ilic 2024 Table 5.2 layout: per method the action accuracy (↑), the identity accuracy (↓) and
+    ``f_λ = (1−λ)·a + λ·(1−p)`` (↑), with the trade-off plot."""
+    header = ["method", "action %", "identity %", f"f{lam:g}"]
+    table = [[r["method"], _pct(r["action"]), _pct(r["identity"]), _num(r["f"], 2)] for r in rows]
+    parts = ["<h2>Privacy–utility trade-off</h2>",
+             "<p class='muted'>Both recognisers are trained on clean videos only and tested on each obfuscated "
+             f"version of the evaluation split (Ilic 2024 §5.4). f_λ = (1−λ)·action + λ·(1 − identity), λ = {lam:g} "
+             "(Table 5.2: higher is better).</p>", html_table(header, table)]
+    if figure is not None:
+        parts.append(html_img(figure, "action vs identity accuracy"))
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join(parts)
+
+
+__all__ = ["appearance_free_section", "domain_ratio_rows", "domain_ratio_section", "privacy_section",
+           "privacy_tradeoff_plot", "reversal_section", "rr_plots",
            "temporal_shapes_section"]

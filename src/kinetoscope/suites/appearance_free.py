@@ -116,8 +116,11 @@ def _differs(requested: dict[str, Any], stored: dict[str, Any]) -> bool:
     return False
 
 
-def _train_run(out_dir: Path, name: str, data_root: Path, model: str, options: dict[str, Any],
-               train: dict[str, Any], seed: int) -> Path:
+def train_suite_run(out_dir: Path, name: str, data_root: Path, model: str, options: dict[str, Any],
+                    train: dict[str, Any], seed: int) -> Path:
+    """Train (or resume, or reuse) ``out_dir/runs/<name>``: ``model`` with ``options`` on ``data_root``
+    with the ``train`` settings (keys of :data:`TRAIN_DEFAULTS`), evaluated on its validation split.
+    A finished run with the same settings is reused; one with other settings is retrained."""
     from kinetoscope.config import RunConfig, build_config
     from kinetoscope.evaluate.run import predict_run
     from kinetoscope.train import fit
@@ -209,7 +212,7 @@ def run_appearance_free_suite(
         row: dict[str, Any] = {"model": model, "options": options, "fxr": f"{frames}×1" if frames else ""}
         for key, root in versions.items():
             name = f"{model}-{'rgb' if key == 'rgb' else 'af'}"
-            run_dir = _train_run(out_dir, name, root, model, options, train_settings, seed)
+            run_dir = train_suite_run(out_dir, name, root, model, options, train_settings, seed)
             runs[name] = f"runs/{name}"
             summary = json.loads((run_dir / "summary.json").read_text())
             row[key] = summary["evaluations"]["val"]["accuracy"]
@@ -246,4 +249,4 @@ def run_appearance_free_suite(
     return build_report(out_dir)
 
 
-__all__ = ["TRAIN_DEFAULTS", "run_appearance_free_suite", "single_frame_probe"]
+__all__ = ["TRAIN_DEFAULTS", "run_appearance_free_suite", "single_frame_probe", "train_suite_run"]

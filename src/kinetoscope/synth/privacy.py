@@ -75,7 +75,7 @@ class ColourKeyExtractor:
     non-overlapping; ``H`` and ``W`` need not be multiples of ``patch`` (the last partial cells count).
     """
 
-    def __init__(self, patch: int = 8) -> None:
+    def __init__(self, patch: int = 4) -> None:
         if patch < 1:
             raise ValueError(f"patch must be >= 1, got {patch}")
         self.patch = int(patch)
@@ -423,6 +423,19 @@ class ObfuscationSettings:
         out["templates"] = list(self.templates)
         return out
 
+    @classmethod
+    def from_label(cls, label: str, **options: Any) -> ObfuscationSettings:
+        """Settings from a short name (:meth:`label`): ``motion-noise``, ``iid-noise``, ``mask``,
+        ``pixelate-4``, ``pixelate-16``, ``blur-weak``, ``blur-strong``; ``options`` set the rest."""
+        method, _, arg = label.partition("-") if label.startswith(("pixelate-", "blur-")) else (label, "", "")
+        if method == "pixelate":
+            if not arg.isdigit():
+                raise ValueError(f"{label!r}: pixelate needs a block size, e.g. pixelate-4 or pixelate-16")
+            options["block"] = int(arg)
+        elif method == "blur":
+            options["strength"] = arg
+        return cls(method=method, **options)
+
 
 def obfuscate(frames: np.ndarray, settings: ObfuscationSettings, *, template_keys: np.ndarray | None = None,
               extractor: KeyExtractor | None = None, masks: np.ndarray | None = None,
@@ -487,6 +500,7 @@ def make_obfuscated_dataset(
     library: str | Path | None = None,
     extractor: KeyExtractor | None = None,
     masks_dir: str | Path | None = None,
+    split: str | None = None,
     overwrite: bool = False,
     on_video: Callable[[str], None] | None = None,
 ) -> Path:
@@ -494,7 +508,8 @@ def make_obfuscated_dataset(
 
     Video ``v`` is seeded by ``(settings.seed, v)``. Noise ``μ``/``σ`` are the source dataset's. For
     ``mask``, ``masks_dir/<video_id>.npy`` ``[T, H, W]`` per video; a video whose mask is missing or
-    mis-shaped is listed in ``problems.csv`` and left out, the rest are written. Resumes: videos already
+    mis-shaped is listed in ``problems.csv`` and left out, the rest are written. ``split``: only the
+    videos of that split (e.g. the evaluation split of a privacy–utility study). Resumes: videos already
     written with the same settings are skipped; other settings are refused unless ``overwrite``."""
     import shutil
 
@@ -503,7 +518,9 @@ def make_obfuscated_dataset(
     from kinetoscope.utils import atomic_write_json, progress
 
     source = DatasetStore(src_root)
-    meta, records = source.meta(), source.records()
+    meta, records = source.meta(), source.records(split)
+    if not records:
+        raise ValueError(f"{source.annotations_path} has no videos" + (f" in split {split!r}" if split else ""))
     out = Path(out_root)
     if out.resolve() == source.root.resolve():
         raise ValueError(f"output {out} is the source dataset; choose another directory")
@@ -520,7 +537,7 @@ def make_obfuscated_dataset(
     if settings.method == "mask" and masks_dir is None:
         raise ValueError("method 'mask' needs a directory of <video_id>.npy person masks (--masks)")
     wanted = {"source": str(source.root), **settings.as_dict(), **extra,
-              "masks_dir": str(masks_dir) if masks_dir else None}
+              "masks_dir": str(masks_dir) if masks_dir else None, "split": split}
     marker = out / "privacy.json"
     if out.exists() and any(out.iterdir()):
         previous = json.loads(marker.read_text()) if marker.is_file() else None
