@@ -19,7 +19,6 @@ resumes: runs, obfuscated datasets and views with the same settings are reused.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -201,8 +200,8 @@ def run_privacy_suite(
         ident = predict_run(runs["identity"], data=identity_root, split="val", name=f"privacy-{label}")["accuracy"]
         rows.append({"method": label, "action": float(action), "identity": float(ident),
                      "f": f_lambda(action, ident, lam)})
-    atomic_write_text(out_dir / "table.csv", csv_text(["method", "action", "identity", f"f{lam:g}"],
-                                                      [[r["method"], r["action"], r["identity"], r["f"]] for r in rows]))
+    table = [[r["method"], r["action"], r["identity"], r["f"]] for r in rows]
+    atomic_write_text(out_dir / "table.csv", csv_text(["method", "action", "identity", f"f{lam:g}"], table))
     n_actions = len(DatasetStore(clean).classes)
     n_subjects = len(DatasetStore(identity).classes)
     chance = (1.0 / max(1, n_actions), 1.0 / max(1, n_subjects))

@@ -82,10 +82,9 @@ def generate_actors(out_root: str | Path, *, subjects: int = 6, actions: tuple[s
                     masks_dir: str | Path | None = None) -> Path:
     """Write ``subjects`` × ``len(actions)`` × ``repeats`` clips as a ``DatasetStore``; returns the root.
     With ``masks_dir``, each figure's masks go to ``<masks_dir>/<video_id>.npy`` (for the mask baseline)."""
-    from kinetoscope.utils import atomic_save_npy
-
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.data.index import VideoRecord
+    from kinetoscope.utils import atomic_save_npy
 
     if repeats < 2:
         raise ValueError("repeats must be >= 2 so every subject and action is in both train and val")
