@@ -100,3 +100,25 @@ def test_confusable_subset_finds_the_planted_mutually_confused_classes():
     assert inter_class_entropy(np.eye(3), [0, 1, 2]) == 0
     with pytest.raises(ValueError, match="only 1 classes reach"):
         select_confusable_subset(np.eye(3) * [[1], [0], [0]] + 0.1, k=2)
+
+
+def test_appearance_free_suite_reports_the_network_probes_beside_its_table(tmp_path):
+    import csv
+    import json
+
+    from kinetoscope.suites.appearance_free import run_appearance_free_suite
+
+    rgb = _dataset(tmp_path / "rgb", per_class=9)
+    report = run_appearance_free_suite(rgb, tmp_path / "af", models=("cnn3d",),
+                                       model_options={"cnn3d": {"hidden": 2, "blocks": 2}},
+                                       train={"max_epochs": 1, "batch_size": 8}, network_probe=True,
+                                       probe_options={"epochs": 1, "batch_size": 16})
+    rows = {r["model"]: r for r in csv.DictReader(open(tmp_path / "af" / "table.csv"))}
+    net = rows["single-frame ResNet probe"]
+    assert float(net["delta"]) == pytest.approx(float(net["rgb"]) - float(net["appearance_free"]))
+    assert "single-frame ResNet probe, flow images" in rows
+    probes = json.loads((tmp_path / "af" / "leakage.json").read_text())["probes"]
+    assert {"rgb_network", "appearance_free_network", "flow_network"} <= set(probes)
+    assert probes["flow_network"]["kind"] == "flow"
+    text = report.read_text()
+    assert "flow images" in text and "ResNet-18 on single frames" in text

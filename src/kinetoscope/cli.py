@@ -575,6 +575,8 @@ def suite_appearance_free(
     mode: str = "first-frame",
     placement: str = "splat",
     grayscale: bool = False,
+    network_probe: Annotated[bool, typer.Option(help="Also run the single-frame 2D ResNet probes (frames, "
+                                                     "appearance-free frames, flow images).")] = False,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model options (cnn3d.hidden=8) or "
                                                                       "training (train.max_epochs=5).")] = None,
     seed: int = 0,
@@ -589,7 +591,7 @@ def suite_appearance_free(
     report = run_appearance_free_suite(data, out_dir, models=tuple(model) if model else ("cnn3d", "convlstm"),
                                        af_data=af_data, model_options=parsed or None, train=train,
                                        flow_method=flow, mode=mode, placement=placement, grayscale=grayscale,
-                                       seed=seed)
+                                       network_probe=network_probe, seed=seed)
     out.print(f"report: [bold]{report}[/]")
 
 

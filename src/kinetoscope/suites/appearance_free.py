@@ -76,12 +76,12 @@ def single_frame_probe(
     their noise frame, so one frame per video keeps the binomial test's samples independent.
     Returns ``{accuracy, chance, n_test, n_train, ci_low, ci_high, p_value, classifier}``; ``chance``
     is the largest class share among the test frames."""
-    from scipy.stats import binomtest
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.evaluate.leakage import probe_statistics
 
     store = DatasetStore(root)
     train = store.records(train_split)
@@ -95,13 +95,7 @@ def single_frame_probe(
     x_test, y_test = _frames_of(store, test, test_frames_per_video, size, rng)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
     classifier.fit(x_train, y_train)
-    correct = int((classifier.predict(x_test) == y_test).sum())
-    n = int(len(y_test))
-    chance = float(np.bincount(y_test).max() / n)
-    test = binomtest(correct, n, chance)
-    interval = test.proportion_ci(confidence_level=0.95, method="exact")
-    return {"accuracy": correct / n, "chance": chance, "n_test": n, "n_train": int(len(y_train)),
-            "ci_low": float(interval.low), "ci_high": float(interval.high), "p_value": float(test.pvalue),
+    return {**probe_statistics(y_test, classifier.predict(x_test)), "n_train": int(len(y_train)),
             "classifier": "logistic regression on pixels", "dataset": str(store.root)}
 
 
@@ -159,6 +153,8 @@ def run_appearance_free_suite(
     placement: str = "splat",
     grayscale: bool = False,
     probe_frames: int = 4,
+    network_probe: bool = False,
+    probe_options: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
     """Run (or resume) the RGB vs appearance-free comparison; returns the path of ``report.html``.
@@ -168,7 +164,11 @@ def run_appearance_free_suite(
     ``placement``, ``grayscale``). ``model_options``: per-model options (e.g. ``{"cnn3d": {"hidden":
     8}}``); ``train``: overrides of :data:`TRAIN_DEFAULTS`. Re-running resumes: a finished run with the
     same data, model options, seed and training settings is reused, one whose settings changed is
-    retrained, and the single-frame probe is repeated when its data or settings changed."""
+    retrained, and the single-frame probe is repeated when its data or settings changed.
+
+    ``network_probe``: also run the single-frame network probe of Ilic 2024 §4.4
+    (:func:`kinetoscope.evaluate.leakage.frame_network_probe`, a 2D ResNet; ``probe_options`` e.g.
+    ``{"depth": 18, "epochs": 10}``) on RGB frames, appearance-free frames and flow images."""
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.report.html import build_report
     from kinetoscope.report.suites import appearance_free_section
@@ -195,13 +195,24 @@ def run_appearance_free_suite(
     versions = {"rgb": rgb_root, "appearance_free": af_root}
 
     leakage_path = out_dir / "leakage.json"
-    probe_settings = {"data": {k: str(v) for k, v in versions.items()}, "frames_per_video": probe_frames,
-                      "seed": seed}
+    probe_settings: dict[str, Any] = {"data": {k: str(v) for k, v in versions.items()},
+                                      "frames_per_video": probe_frames, "seed": seed}
+    if network_probe:
+        probe_settings["network"] = dict(probe_options or {})
     stored = json.loads(leakage_path.read_text()) if leakage_path.is_file() else {}
     if stored.get("settings") != probe_settings:  # first run, or other data / probe settings: probe again
-        stored = {"settings": probe_settings,
-                  "probes": {key: single_frame_probe(root, frames_per_video=probe_frames, seed=seed)
-                             for key, root in versions.items()}}
+        probes = {key: single_frame_probe(root, frames_per_video=probe_frames, seed=seed)
+                  for key, root in versions.items()}
+        if network_probe:
+            from kinetoscope.evaluate.leakage import frame_network_probe
+
+            options = {"frames_per_video": probe_frames, "seed": seed, "flow_method": flow_method,
+                       **(probe_options or {})}
+            _log("single-frame network probes (RGB frames, appearance-free frames, flow images)")
+            probes["rgb_network"] = frame_network_probe(rgb_root, **options)
+            probes["appearance_free_network"] = frame_network_probe(af_root, **options)
+            probes["flow_network"] = frame_network_probe(rgb_root, kind="flow", flow_root=af_root, **options)
+        stored = {"settings": probe_settings, "probes": probes}
         atomic_write_json(leakage_path, stored)
     leakage = stored["probes"]
 
@@ -224,6 +235,11 @@ def run_appearance_free_suite(
     if leakage:
         table.append(["single-frame probe", "1×1", leakage["rgb"]["accuracy"], leakage["appearance_free"]["accuracy"],
                       leakage["rgb"]["accuracy"] - leakage["appearance_free"]["accuracy"], ""])
+    if "rgb_network" in leakage:
+        rgb_acc, af_acc = leakage["rgb_network"]["accuracy"], leakage["appearance_free_network"]["accuracy"]
+        table.append(["single-frame ResNet probe", "1×1", rgb_acc, af_acc, rgb_acc - af_acc, ""])
+        table.append(["single-frame ResNet probe, flow images", "1×1", leakage["flow_network"]["accuracy"], "", "",
+                      ""])
     atomic_write_text(out_dir / "table.csv",
                       csv_text(["model", "f×r", "rgb", "appearance_free", "delta", "params"], table))
     names = (DatasetStore(rgb_root).meta().get("name", rgb_root.name), "appearance-free")
