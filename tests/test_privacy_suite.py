@@ -76,3 +76,21 @@ def test_suite_tables_action_and_identity_per_method(tmp_path):
     assert dict(masked.problems()).keys() == {"s02_walk-left_1"} and len(masked.records()) == 5
     summary = json.loads((tmp_path / "suite" / "runs" / "identity" / "summary.json").read_text())
     assert {"privacy-clean", "privacy-motion-noise", "privacy-mask"} <= set(summary["evaluations"])
+
+
+def test_cli_suite_privacy(tmp_path):
+    from typer.testing import CliRunner
+
+    from kinetoscope.cli import app
+
+    root = generate_actors(tmp_path / "data", subjects=2, actions=("walk-right", "jump"), repeats=2, frames=4,
+                           size=32)
+    result = CliRunner().invoke(app, ["suite", "privacy", str(root), "--out", str(tmp_path / "suite"), "--method",
+                                      "blur-strong", "--set", "cnn3d.hidden=2", "--set", "cnn3d.blocks=2",
+                                      "--set", "train.max_epochs=1"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "suite" / "table.csv", newline="") as fh:
+        assert [r["method"] for r in csv.DictReader(fh)] == ["clean", "blur-strong"]
+    result = CliRunner().invoke(app, ["suite", "privacy", str(root), "--out", str(tmp_path / "s2"), "--method",
+                                      "pixelate-8"])
+    assert result.exit_code == 2 and "pixelate block must be one of (4, 16)" in result.output

@@ -506,7 +506,7 @@ def make_obfuscated_dataset(
 ) -> Path:
     """Write the obfuscated version of a dataset (``DatasetStore``: same ids, labels, subjects, splits).
 
-    Video ``v`` is seeded by ``(settings.seed, v)``. Noise ``μ``/``σ`` are the source dataset's. For
+    Video ``v`` is seeded by ``(settings.seed, v)``. Noise ``μ``/``σ`` are the whole source dataset's. For
     ``mask``, ``masks_dir/<video_id>.npy`` ``[T, H, W]`` per video; a video whose mask is missing or
     mis-shaped is listed in ``problems.csv`` and left out, the rest are written. ``split``: only the
     videos of that split (e.g. the evaluation split of a privacy–utility study). Resumes: videos already
@@ -531,7 +531,7 @@ def make_obfuscated_dataset(
             raise ValueError(f"method {settings.method!r} needs a template library and a key extractor")
         chosen = TemplateLibrary(library).select(settings.templates, extractor)
         keys = np.asarray([t.key for t in chosen], dtype=np.float32)
-        mean, std = dataset_mean_std(source, records)
+        mean, std = dataset_mean_std(source, source.records())  # the whole dataset's, whatever the split
         extra = {"extractor": extractor.extractor_id, "library": str(library), "mean": mean, "std": std,
                  "template_keys_sha": _keys_digest(keys)}
     if settings.method == "mask" and masks_dir is None:
