@@ -94,3 +94,25 @@ def test_cli_suite_privacy(tmp_path):
     result = CliRunner().invoke(app, ["suite", "privacy", str(root), "--out", str(tmp_path / "s2"), "--method",
                                       "pixelate-8"])
     assert result.exit_code == 2 and "pixelate block must be one of (4, 16)" in result.output
+
+
+def test_suite_with_the_single_frame_identity_recogniser(tmp_path):
+    root = generate_actors(tmp_path / "data", subjects=2, actions=("walk-right", "jump"), repeats=2, frames=4,
+                           size=32)
+    options = {"cnn3d": {"hidden": 2, "blocks": 2}, "frame-resnet": {"epochs": 1, "frames_per_video": 2}}
+    run_privacy_suite(root, tmp_path / "suite", identity_model="frame-resnet", methods=["pixelate-16"],
+                      model_options=options, train={"max_epochs": 1})
+    study = json.loads((tmp_path / "suite" / "study.json").read_text())
+    assert set(study["runs"]) == {"action"} and any("frame-resnet-18" in n for n in study["notes"])
+    rows = {r["method"]: r for r in study["rows"]}
+    assert set(rows) == {"clean", "pixelate-16"} and all(0 <= r["identity"] <= 1 for r in rows.values())
+    weights = tmp_path / "suite" / "runs" / "frame-resnet" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    run_privacy_suite(root, tmp_path / "suite", identity_model="frame-resnet", methods=["pixelate-16"],
+                      model_options=options, train={"max_epochs": 1})
+    assert weights.stat().st_mtime_ns == stamp  # reused
+    again = {r["method"]: r for r in json.loads((tmp_path / "suite" / "study.json").read_text())["rows"]}
+    assert again["clean"]["identity"] == rows["clean"]["identity"]
+    with pytest.raises(ValueError, match="unknown frame-resnet option"):
+        run_privacy_suite(root, tmp_path / "s2", identity_model="frame-resnet",
+                          model_options={"frame-resnet": {"width": 3}})

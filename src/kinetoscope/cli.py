@@ -601,8 +601,8 @@ def suite_privacy(
     data: Annotated[Path, typer.Argument(help="A dataset with subjects (KTH-style).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/privacy"),
     action_model: Annotated[str, typer.Option(help="Model name to train, or a finished run directory.")] = "cnn3d",
-    identity_model: Annotated[str, typer.Option(help="Model name to train, or a finished run directory.")]
-    = "cnn3d",
+    identity_model: Annotated[str, typer.Option(help="Model name to train, a finished run directory, or "
+                                                     "frame-resnet (2D ResNet on single frames).")] = "cnn3d",
     method: Annotated[list[str] | None, typer.Option(help="motion-noise, iid-noise, mask, pixelate-4, pixelate-16, "
                                                           "blur-weak, blur-strong (default: all possible).")] = None,
     templates: Annotated[str, typer.Option(help="Comma-separated template names.")] = "torso,arm,leg,hair",

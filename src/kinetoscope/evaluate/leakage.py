@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,89 @@ def _load_backbone(model: Any, weights: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+@dataclass
+class FrameClassifier:
+    """A 2D ResNet trained on single images (:func:`train_frame_classifier`): the network, the per-channel
+    normalisation of its training images and its classes."""
+
+    model: Any
+    mean: Any
+    std: Any
+    classes: list[str]
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class indices for uint8 images ``[N, H, W, C]``."""
+        import torch
+
+        x = (_to_tensor(images) - self.mean) / self.std
+        self.model.eval()
+        with torch.no_grad():
+            return torch.cat([self.model(x[i:i + batch_size]).argmax(1)
+                              for i in range(0, len(x), batch_size)]).numpy()
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+        from kinetoscope.models.weights import save_safetensors
+
+        state = {**{f"model.{k}": v for k, v in self.model.state_dict().items()}, "norm.mean": self.mean,
+                 "norm.std": self.std}
+        save_safetensors(state, path, {"classes": json.dumps(self.classes), **(metadata or {})})
+
+    @classmethod
+    def load(cls, path: str | Path, depth: int) -> FrameClassifier:
+        from safetensors.torch import load_file
+
+        from kinetoscope.models.twostream import FrameResNet
+        from kinetoscope.models.weights import safetensors_metadata
+
+        classes = json.loads(safetensors_metadata(path)["classes"])
+        state = load_file(str(path))
+        model = FrameResNet(depth, num_classes=len(classes), in_channels=3)
+        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        return cls(model.eval(), state["norm.mean"], state["norm.std"], classes)
+
+
+def _to_tensor(images: np.ndarray) -> Any:  # uint8 [N, H, W, C] -> float [N, 3, 1, H, W] in [0, 1]
+    import torch
+
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, -1)
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).permute(0, 3, 1, 2).unsqueeze(2)
+
+
+def train_frame_classifier(images: np.ndarray, labels: np.ndarray, classes: list[str], *, depth: int = 18,
+                           epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
+                           weights: str | Path | None = None, seed: int = 0) -> FrameClassifier:
+    """Train :class:`kinetoscope.models.twostream.FrameResNet` (``depth``) on single images uint8
+    ``[N, H, W, C]`` with Adam, from scratch or from imported ``.safetensors`` ``weights``."""
+    import torch
+    import torch.nn.functional as F
+
+    from kinetoscope.models.twostream import FrameResNet
+
+    x = _to_tensor(images)
+    mean = x.mean(dim=(0, 2, 3, 4), keepdim=True)
+    std = x.std(dim=(0, 2, 3, 4), keepdim=True).clamp_min(1e-3)
+    x = (x - mean) / std
+    y = torch.from_numpy(np.asarray(labels)).long()
+    torch.manual_seed(seed)
+    model = FrameResNet(depth, num_classes=len(classes), in_channels=3)
+    if weights is not None:
+        _load_backbone(model, weights)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            if len(batch) < 2:  # BatchNorm needs two samples
+                continue
+            optimiser.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimiser.step()
+    return FrameClassifier(model.eval(), mean, std, list(classes))
+
+
 def frame_network_probe(
     root: str | Path,
     *,
@@ -108,11 +193,7 @@ def frame_network_probe(
     One test frame per video by default: frames of one video share content (and, in appearance-free
     videos, their noise), so one per video keeps the binomial test's samples independent. ``flow_root``:
     a dataset whose cached flow belongs to the same videos (e.g. the appearance-free version)."""
-    import torch
-    import torch.nn.functional as F
-
     from kinetoscope.data.cache import DatasetStore
-    from kinetoscope.models.twostream import FrameResNet
 
     store = DatasetStore(root)
     train, test = store.records(train_split), store.records(test_split)
@@ -124,37 +205,9 @@ def frame_network_probe(
     flow_store = DatasetStore(flow_root) if flow_root is not None else None
     x_train, y_train = probe_images(store, train, kind, frames_per_video, rng, flow_method, flow_store)
     x_test, y_test = probe_images(store, test, kind, test_frames_per_video, rng, flow_method, flow_store)
-    if x_train.shape[-1] == 1:
-        x_train, x_test = np.repeat(x_train, 3, -1), np.repeat(x_test, 3, -1)
-
-    def to_tensor(images: np.ndarray) -> torch.Tensor:  # [N, H, W, 3] -> [N, 3, 1, H, W]
-        return torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2).unsqueeze(2)
-
-    xt, xs = to_tensor(x_train), to_tensor(x_test)
-    mean = xt.mean(dim=(0, 2, 3, 4), keepdim=True)
-    std = xt.std(dim=(0, 2, 3, 4), keepdim=True).clamp_min(1e-3)
-    xt, xs = (xt - mean) / std, (xs - mean) / std
-    yt = torch.from_numpy(y_train).long()
-    torch.manual_seed(seed)
-    model = FrameResNet(depth, num_classes=len(store.classes), in_channels=3)
-    if weights is not None:
-        _load_backbone(model, weights)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=generator)
-        for i in range(0, len(order), batch_size):
-            batch = order[i:i + batch_size]
-            if len(batch) < 2:  # BatchNorm needs two samples
-                continue
-            optimiser.zero_grad()
-            F.cross_entropy(model(xt[batch]), yt[batch]).backward()
-            optimiser.step()
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(xs[i:i + batch_size]).argmax(1) for i in range(0, len(xs), batch_size)]).numpy()
-    return {**probe_statistics(y_test, pred), "n_train": int(len(y_train)), "kind": kind,
+    classifier = train_frame_classifier(x_train, y_train, store.classes, depth=depth, epochs=epochs,
+                                        batch_size=batch_size, lr=lr, weights=weights, seed=seed)
+    return {**probe_statistics(y_test, classifier.predict(x_test)), "n_train": int(len(y_train)), "kind": kind,
             "classifier": f"ResNet-{depth} on single {'flow images' if kind == 'flow' else 'frames'}"
                           + (" (imported weights)" if weights else " (from scratch)"),
             "dataset": str(store.root)}
@@ -200,5 +253,5 @@ def select_confusable_subset(confusion: np.ndarray, k: int = 5, min_acc: float =
     return sorted(best, key=lambda i: -accuracy[i])
 
 
-__all__ = ["KINDS", "frame_network_probe", "inter_class_entropy", "probe_images", "probe_statistics",
-           "select_confusable_subset"]
+__all__ = ["KINDS", "FrameClassifier", "frame_network_probe", "inter_class_entropy", "probe_images",
+           "probe_statistics", "select_confusable_subset", "train_frame_classifier"]
