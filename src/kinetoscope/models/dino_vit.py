@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from kinetoscope.models.pretrained import IMAGENET
+
 CHECKPOINT_NAME = "dino_deitsmall8_pretrain.pth"
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
 
@@ -174,8 +174,8 @@ class DinoKeyExtractor:
         if resized.shape[-1] == 1:
             resized = np.repeat(resized, 3, axis=-1)
         x = torch.from_numpy(resized).float().div_(255).permute(0, 3, 1, 2)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET[1]).view(1, 3, 1, 1)
         return (x - mean) / std
 
     @torch.no_grad()
