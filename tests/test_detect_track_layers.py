@@ -32,7 +32,8 @@ def loop_correlation(x1, x2, d, stride):
                 for p in range(-d, d + 1):
                     for q in range(-d, d + 1):
                         if 0 <= i + p < h and 0 <= j + q < w:
-                            out[n, (p + d) * (2 * d + 1) + q + d, oi, oj] = (x1[n, :, i, j] @ x2[n, :, i + p, j + q]) / c
+                            value = x1[n, :, i, j] @ x2[n, :, i + p, j + q]
+                            out[n, (p + d) * (2 * d + 1) + q + d, oi, oj] = value / c
     return out
 
 
@@ -124,7 +125,8 @@ def test_anchors_have_the_scales_and_ratios_on_the_grid():
     shapes = anchor_shapes((32, 64, 128, 256, 512), (0.5, 1, 2))
     assert shapes.shape == (15, 4)  # 5 scales x 3 ratios, Feichtenhofer 2017 §8.5.2
     areas = (shapes[:, 2] - shapes[:, 0]) * (shapes[:, 3] - shapes[:, 1])
-    assert torch.allclose(areas, torch.tensor([s * s for s in (32, 64, 128, 256, 512) for _ in range(3)], dtype=torch.float32))
+    expected = [s * s for s in (32, 64, 128, 256, 512) for _ in range(3)]
+    assert torch.allclose(areas, torch.tensor(expected, dtype=torch.float32))
     anchors = grid_anchors(shapes, 2, 3, 16)
     assert anchors.shape == (2 * 3 * 15, 4)
     centre = (anchors[15 * 4][:2] + anchors[15 * 4][2:]) / 2  # row 1, column 1

@@ -117,7 +117,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """NMS run separately per group id (e.g. class): boxes of different groups never suppress each other."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
@@ -125,7 +127,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return nms(boxes + offset, scores, iou_threshold)
 
 
-def box_voting(kept: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
+def box_voting(
+    kept: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5
+) -> torch.Tensor:
     """Bounding-box voting (Gidaris & Komodakis 2015): each ``kept`` box ``[K, 4]`` becomes the
     score-weighted mean of the candidate ``boxes`` ``[N, 4]`` (with ``scores`` ``[N]``) overlapping it
     by IoU >= ``iou_threshold``; a kept box without such a neighbour is unchanged."""
@@ -137,7 +141,9 @@ def box_voting(kept: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, io
     return torch.where(total > 0, voted, kept)
 
 
-def sanitize_boxes(boxes: torch.Tensor, height: int, width: int, min_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def sanitize_boxes(
+    boxes: torch.Tensor, height: int, width: int, min_size: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Clip ``[N, 4]`` boxes into the frame and flag the unusable ones.
 
     Returns ``(clipped, valid, reasons)``: ``valid`` is False for boxes that are degenerate (a side
@@ -156,7 +162,9 @@ def sanitize_boxes(boxes: torch.Tensor, height: int, width: int, min_size: float
         if not finite[i]:
             reasons.append(f"box ({box}) is not finite; dropped")
         elif not valid[i]:
-            reasons.append(f"box ({box}) is degenerate (side < {min_size:g} px inside the {width}x{height} frame); dropped")
+            reasons.append(
+                f"box ({box}) is degenerate (side < {min_size:g} px inside the {width}x{height} frame); dropped"
+            )
         elif moved[i]:
             reasons.append(f"box ({box}) extends outside the {width}x{height} frame; clipped")
         else:

@@ -29,7 +29,9 @@ def correlation(x1: torch.Tensor, x2: torch.Tensor, max_displacement: int = 8, s
     first map over channels — ``2d + 1`` batched products instead of ``(2d + 1)²`` loops.
     """
     if x1.shape != x2.shape or x1.dim() != 4:
-        raise ValueError(f"correlation needs two [B, C, H, W] maps of one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        raise ValueError(
+            f"correlation needs two [B, C, H, W] maps of one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+        )
     d = max_displacement
     height, width = x1.shape[-2:]
     first = x1[:, :, ::stride, ::stride]

@@ -30,7 +30,9 @@ def ps_roi_pool(
     k, s = output_size, sampling_ratio
     batch, channels, height, width = features.shape
     if channels % (k * k):
-        raise ValueError(f"position-sensitive pooling with k={k} needs a multiple of k²={k * k} channels, got {channels}")
+        raise ValueError(
+            f"position-sensitive pooling with k={k} needs a multiple of k²={k * k} channels, got {channels}"
+        )
     groups = channels // (k * k)
     num = rois.shape[0]
     if num == 0:
@@ -79,4 +81,5 @@ class PSRoIPool(nn.Module):
         return ps_vote(ps_roi_pool(features, rois, self.output_size, self.spatial_scale, self.sampling_ratio))
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}"
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}")
