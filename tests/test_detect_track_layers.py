@@ -16,7 +16,6 @@ from kinetoscope.layers.boxes import (
     encode_boxes,
     grid_anchors,
     nms,
-    sanitize_boxes,
 )
 from kinetoscope.layers.correlation import correlation
 from kinetoscope.layers.ps_roi_pool import ps_roi_pool, ps_vote
@@ -131,11 +130,3 @@ def test_anchors_have_the_scales_and_ratios_on_the_grid():
     assert anchors.shape == (2 * 3 * 15, 4)
     centre = (anchors[15 * 4][:2] + anchors[15 * 4][2:]) / 2  # row 1, column 1
     assert centre.tolist() == [24.0, 24.0]
-
-
-def test_sanitize_boxes_clips_and_reports():
-    boxes = torch.tensor([[-5.0, 2, 20, 10], [3, 3, 3.5, 9], [1, 1, 5, 5], [float("nan"), 0, 1, 1]])
-    clipped, valid, reasons = sanitize_boxes(boxes, height=16, width=16)
-    assert clipped[0].tolist() == [0, 2, 16, 10]
-    assert valid.tolist() == [True, False, True, False]
-    assert "clipped" in reasons[0] and "degenerate" in reasons[1] and reasons[2] == "" and "not finite" in reasons[3]

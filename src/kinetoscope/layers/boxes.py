@@ -139,34 +139,3 @@ def box_voting(
     total = weights.sum(1, keepdim=True)
     voted = weights @ boxes / total.clamp(min=1e-12)
     return torch.where(total > 0, voted, kept)
-
-
-def sanitize_boxes(
-    boxes: torch.Tensor, height: int, width: int, min_size: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Clip ``[N, 4]`` boxes into the frame and flag the unusable ones.
-
-    Returns ``(clipped, valid, reasons)``: ``valid`` is False for boxes that are degenerate (a side
-    below ``min_size`` px, or not finite) after clipping; ``reasons[i]`` says what was changed or why
-    box ``i`` is unusable ("" when the box was fine).
-    """
-    finite = torch.isfinite(boxes).all(1)
-    safe = torch.where(finite[:, None], boxes, torch.zeros_like(boxes))
-    clipped = clip_boxes(safe, height, width)
-    sides = clipped[:, 2:] - clipped[:, :2]
-    valid = finite & (sides >= min_size).all(1)
-    moved = (clipped != safe).any(1)
-    reasons = []
-    for i in range(len(boxes)):
-        box = ", ".join(f"{v:g}" for v in boxes[i].tolist())
-        if not finite[i]:
-            reasons.append(f"box ({box}) is not finite; dropped")
-        elif not valid[i]:
-            reasons.append(
-                f"box ({box}) is degenerate (side < {min_size:g} px inside the {width}x{height} frame); dropped"
-            )
-        elif moved[i]:
-            reasons.append(f"box ({box}) extends outside the {width}x{height} frame; clipped")
-        else:
-            reasons.append("")
-    return clipped, valid, reasons

@@ -73,7 +73,8 @@ class FrameResNet(VideoResNet):
     (ResNet-50: 25,557,032 at 1000 classes and 3 input channels) and a 2D checkpoint maps onto it by
     unsqueezing a time axis. ``stride_in_1x1=True`` (default) puts each stage's stride 2 in the first 1x1
     conv as the original ResNet (the Caffe/MatConvNet models seed 004 builds on) does; ``False`` keeps
-    it in the 3x3 conv (torchvision's "v1.5"). The parameter count is the same either way.
+    it in the 3x3 conv (torchvision's "v1.5"). The parameter count is the same either way. ``width``
+    (default 64) is the stem's width; the stages have 1, 2, 4, 8 times it (a narrower trunk for CPU runs).
 
     ``forward(x) -> [B, num_classes]`` averages over frames and positions (2D pooling + prediction
     averaging). :meth:`run_stages` runs a contiguous range of :data:`STAGES`.
@@ -88,6 +89,8 @@ class FrameResNet(VideoResNet):
         in_channels: int = 3,
         dropout: float = 0.0,
         stride_in_1x1: bool = True,
+        *,
+        width: int = 64,
     ):
         if depth not in FRAME_RESNET_DEPTHS:
             raise ValueError(
@@ -97,12 +100,14 @@ class FrameResNet(VideoResNet):
         block, layers = FRAME_RESNET_DEPTHS[depth]
         expansion = 4 if block is Bottleneck else 1
         builders = (Conv3DNoTemporal,) * 4
-        super().__init__(block, builders, layers, False, num_classes, in_channels, dropout, expansion)
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        super().__init__(block, builders, layers, False, num_classes, in_channels, dropout, expansion, widths)
         self.depth = depth
+        self.width = width
         self.block = block
         self.stage_depths = tuple(layers)
         self.stride_in_1x1 = stride_in_1x1
-        self.stem = FrameStem(in_channels)
+        self.stem = FrameStem(in_channels, width)
         self.default_input = (in_channels, 16, 224, 224)
         for name in ("layer2", "layer3", "layer4"):
             self._place_stride(getattr(self, name))
@@ -116,14 +121,14 @@ class FrameResNet(VideoResNet):
     @property
     def stage_channels(self) -> dict[str, int]:
         """Output channels of each of :data:`STAGES`."""
-        e = self.expansion
-        return {"stem": 64, "layer1": 64 * e, "layer2": 128 * e, "layer3": 256 * e, "layer4": 512 * e}
+        e, w = self.expansion, self.width
+        return {"stem": w, "layer1": w * e, "layer2": 2 * w * e, "layer3": 4 * w * e, "layer4": 8 * w * e}
 
     def rebuild_stage(self, name: str, in_channels: int) -> None:
         """Rebuild stage ``name`` (``layer2``...``layer4``) for ``in_channels`` inputs, freshly initialised
         (used after concatenation fusion, whose 2C channels feed the next layer, §3.3.1)."""
         index = STAGES.index(name)
-        planes = 64 * 2 ** (index - 1)
+        planes = self.width * 2 ** (index - 1)
         self.in_planes = in_channels
         stage = self._make_layer(self.block, Conv3DNoTemporal, planes, self.stage_depths[index - 1],
                                  1 if index == 1 else 2)
