@@ -138,6 +138,31 @@ def synth_temporal_shapes(
     out.print(f"wrote {num} clips to [bold]{path}[/]")
 
 
+@synth_app.command("moving-objects")
+@user_errors
+def synth_moving_objects(
+    out_dir: Annotated[Path, typer.Argument(help="Output dataset directory.")],
+    num: Annotated[int, typer.Option(help="Number of videos.")] = 60,
+    frames: int = 16,
+    size: int = 128,
+    max_objects: Annotated[int, typer.Option(help="Objects per video: 1 to this many.")] = 3,
+    empty_videos: Annotated[int, typer.Option(help="How many of the videos have no objects.")] = 0,
+    split: Annotated[str, typer.Option(help="'trainval' (random split) or a split name for all videos.")]
+    = "trainval",
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    gifs: Annotated[int, typer.Option(help="Preview GIFs with boxes to write.")] = 3,
+    overwrite: bool = False,
+) -> None:
+    """Videos of moving, occluding, textured objects with boxes and identities (object detection)."""
+    from kinetoscope.synth.moving_objects import generate_moving_objects
+
+    path = generate_moving_objects(out_dir, num, frames=frames, size=size, max_objects=max_objects,
+                                   empty_videos=empty_videos, split=split, val_fraction=val_fraction, seed=seed,
+                                   gifs=gifs, overwrite=overwrite)
+    out.print(f"wrote {num} videos to [bold]{path}[/]")
+
+
 @synth_app.command("appearance-free")
 @user_errors
 def synth_appearance_free(
@@ -360,6 +385,36 @@ def train(
     out.print(f"run: [bold]{run_dir}[/]  val accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}")
 
 
+@app.command("detect-track")
+@user_errors
+def detect_track(
+    data: Annotated[Path, typer.Argument(help="A detection dataset (synth moving-objects, data import-vid).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/detect-track"),
+    model: Annotated[str, typer.Option(help="detect_track (ResNet-101) or detect_track_cpu (ResNet-18).")]
+    = "detect_track_cpu",
+    steps: int = 600,
+    batch_size: int = 2,
+    lr: float = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
+    tau: Annotated[int, typer.Option(help="Frame distance of the training pairs.")] = 1,
+    threads: Annotated[int, typer.Option(help="Torch threads (0: torch's default).")] = 1,
+    seed: int = 0,
+    options: Annotated[list[str] | None, typer.Option("--set", help="Model option, e.g. --set width=32.")] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Train Detect & Track on frame pairs, then evaluate: frame mAP before and after tube linking."""
+    from kinetoscope.evaluate.detect_track import evaluate_detect_track
+    from kinetoscope.report.tables import detection_table
+    from kinetoscope.train.detect_track import fit_detect_track
+
+    run_dir = fit_detect_track(data, out_dir, model=model, model_options=_settings(options), steps=steps,
+                               batch_size=batch_size, lr=lr, optimizer=optimizer, tau=tau, seed=seed,
+                               threads=threads or None, resume=resume, overwrite=overwrite)
+    out.print(detection_table(evaluate_detect_track(run_dir)))
+    out.print(f"run: [bold]{run_dir}[/]")
+
+
 # ------------------------------------------------------------------------------------------ evaluate
 @app.command()
 @user_errors
@@ -374,11 +429,11 @@ def evaluate(
 ) -> None:
     """Accuracy, macro-F1, per-class F1, confusion matrix; rr on another domain; --reverse."""
     from kinetoscope.evaluate.run import predict_run
-    from kinetoscope.report.tables import metrics_table
+    from kinetoscope.report.tables import detection_table, metrics_table
 
     _accelerator(accelerator)
     metrics = predict_run(run, data=data, split=split, reverse=reverse, name=name)
-    out.print(metrics_table(metrics))
+    out.print(detection_table(metrics) if metrics.get("task") == "detect_track" else metrics_table(metrics))
 
 
 @app.command()
@@ -721,6 +776,26 @@ def models_pull(
     path, note = pull(name)
     out.print(note, highlight=False, markup=False)
     out.print(f"weights: [bold]{path}[/]  (train.init_from: {name})")
+
+
+@data_app.command("import-vid")
+@user_errors
+def data_import_vid(
+    source: Annotated[Path, typer.Argument(help="ImageNet VID root (holding Data/VID and Annotations/VID).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output detection dataset directory.")],
+    split: Annotated[str, typer.Option(help="train or val.")] = "val",
+    short_side: Annotated[int | None, typer.Option(help="Resize frames to this short side (the document: 600).")]
+    = None,
+    max_videos: Annotated[int | None, typer.Option(help="Convert only the first N snippets.")] = None,
+) -> None:
+    """Convert ImageNet VID snippets (JPEG + XML per frame) into a kinetoscope detection dataset."""
+    from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.data.objects import import_imagenet_vid
+
+    path = import_imagenet_vid(source, out_dir, split, short_side=short_side, max_videos=max_videos)
+    problems = DatasetStore(path).problems()
+    out.print(f"wrote [bold]{path}[/]" + (f"  [yellow]{len(problems)} problem(s): see {path / 'problems.csv'}[/]"
+                                          if problems else ""))
 
 
 # -------------------------------------------------------------------------------------------- report

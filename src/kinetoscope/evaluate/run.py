@@ -46,6 +46,10 @@ def predict_run(
     from kinetoscope.models.inference import predict_batches
     from kinetoscope.utils import progress
 
+    if load_run_config(run_dir).get("task") == "detect_track":  # object detection: frame mAP, tubes
+        from kinetoscope.evaluate.detect_track import evaluate_detect_track
+
+        return evaluate_detect_track(run_dir, data=data, split=split, name=name)
     if aggregation not in AGGREGATIONS:  # before the model runs over the whole dataset
         raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
     device = resolve_device(accelerator)

@@ -70,6 +70,10 @@ def _load_json(path: Path) -> dict[str, Any]:
 def run_section(run_dir: Path, figures: Path, label: str | None = None) -> str:
     """HTML for one run: headline numbers, curves, evaluations, validation confusion matrix."""
     summary = _load_json(run_dir / "summary.json")
+    if summary.get("task") == "detect_track":
+        from kinetoscope.report.detect_track import detect_track_section
+
+        return detect_track_section(run_dir)
     label = label or summary.get("name", run_dir.name)
     parts = [f"<h2>{html.escape(label)}</h2>"]
     parts.append(

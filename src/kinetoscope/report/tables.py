@@ -27,3 +27,17 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     for cls, row in zip(classes, metrics["confusion"], strict=True):
         table.add_row(f"  {cls}", " ".join(f"{v:4d}" for v in row))
     return table
+
+
+def detection_table(metrics: dict[str, Any]) -> Table:
+    """Frame mAP of a Detect & Track evaluation: detection alone vs after tube linking, per class."""
+    table = Table(title=f"{metrics.get('name', '')}: {metrics.get('dataset', '')} ({metrics.get('frames_scored')} "
+                        "frames, mAP@0.5)", show_header=True)
+    table.add_column("")
+    table.add_column("detection", justify="right")
+    table.add_column("D&T linked", justify="right")
+    table.add_row("mAP", f"{metrics['map_detection']:.3f}", f"{metrics['map_linked']:.3f}")
+    for cls, ap in metrics["ap_detection"].items():
+        table.add_row(f"AP {cls}", f"{ap:.3f}", f"{metrics['ap_linked'][cls]:.3f}")
+    table.add_row("mAP, linking without tracklets", "", f"{metrics['map_linked_without_tracks']:.3f}")
+    return table

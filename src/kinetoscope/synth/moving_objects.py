@@ -73,7 +73,8 @@ def _mask(shape: str, size: int) -> np.ndarray:
 def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     coarse = rng.random((height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
     smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-    return (40 + 110 * smooth).astype(np.uint8)
+    muted = 0.7 * smooth.mean(-1, keepdims=True) + 0.3 * smooth  # mostly grey, a little colour
+    return (50 + 100 * muted).astype(np.uint8)
 
 
 def moving_objects_video(
