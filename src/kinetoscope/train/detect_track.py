@@ -35,7 +35,7 @@ STD = (0.229, 0.224, 0.225)
 
 def normalise_frames(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[3, T, H, W]`` normalised by the ImageNet mean and std."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255)
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)).div_(255)  # a copy: cached frames are read-only
     if x.shape[-1] == 1:
         x = x.expand(*x.shape[:-1], 3)
     x = (x - torch.tensor(MEAN)) / torch.tensor(STD)
@@ -164,7 +164,7 @@ class DetectTrackModule(pl.LightningModule):
         frames, targets = batch
         losses = self.model(frames, targets)
         loss = sum(losses.values())
-        self._window.append([float(loss), *(float(losses[k]) for k in self.loss_names[1:])])
+        self._window.append([float(loss.detach()), *(float(losses[k].detach()) for k in self.loss_names[1:])])
         if len(self._window) == self.log_every:
             self.history.append([self.global_step + 1, *np.round(np.mean(self._window, 0), 5).tolist()])
             self._window = []
