@@ -106,4 +106,6 @@ def test_train_evaluate_explain_report_a_tiny_run(tmp_path):
     assert "mAP D&amp;T linked" in build_report(run).read_text()
     resumed = fit_detect_track(data, tmp_path / "run", steps=5, threads=None, log_every=1, resume=True,
                                model_options={"width": 8, "head_channels": 16, "k": 3})
-    assert json.loads((resumed / "summary.json").read_text())["steps"] == 5
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 3 and summary["steps"] == 5
+    assert len((run / "metrics.csv").read_text().splitlines()) == 6  # the loss history carried over

@@ -133,7 +133,10 @@ def fit_detect_track(
                          num_sanity_val_steps=0)
     started = time.perf_counter()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, loader, ckpt_path=ckpt if resume and ckpt.is_file() else None)
+    resumed = resume and ckpt.is_file()
+    start_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] if resumed else 0
+    trainer.fit(module, loader, ckpt_path=ckpt if resumed else None)
+    trainer.save_checkpoint(ckpt)
     seconds = time.perf_counter() - started
     save_run_model(network, run_dir, spec)
     atomic_write_text(run_dir / "metrics.csv", csv_text(["step", *module.loss_names], module.history))
@@ -141,7 +144,7 @@ def fit_detect_track(
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.update({"name": run_dir.name, "task": "detect_track", "model": model, "model_options": options,
                     "classes": train_set.classes, "params": sum(p.numel() for p in network.parameters()),
-                    "steps": trainer.global_step, "train_pairs": len(train_set),
+                    "steps": trainer.global_step, "resumed_from_step": start_step, "train_pairs": len(train_set),
                     "train_seconds": round(seconds + (summary.get("train_seconds", 0.0) if resume else 0.0), 2),
                     "final_losses": dict(zip(module.loss_names, module.history[-1][1:], strict=True))
                     if module.history else {}})
