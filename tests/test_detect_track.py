@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -101,6 +102,9 @@ def test_train_evaluate_explain_report_a_tiny_run(tmp_path):
     assert (run / "evaluations" / "val" / "detections.csv").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert "map_linked" in summary["evaluations"]["val"]
+    empty = generate_moving_objects(tmp_path / "empty", 2, frames=3, size=64, empty_videos=2, split="test", gifs=0)
+    nothing = predict_run(run, data=empty, name="empty")  # videos without objects: no error, no AP to report
+    assert math.isnan(nothing["map_detection"]) and nothing["frames_scored"] == 6
     tubes = explain_run(run, clips=2)
     assert (tubes / "index.csv").is_file() and list(tubes.glob("*.png"))
     assert "mAP D&amp;T linked" in build_report(run).read_text()
