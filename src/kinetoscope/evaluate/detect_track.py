@@ -44,12 +44,12 @@ def evaluate_detect_track(
     metrics also written to ``evaluations/<name>.json``."""
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.data.objects import load_detection_dataset
-    from kinetoscope.models.checkpoint import load_run_config, load_run_model
+    from kinetoscope.models.checkpoint import load_run_model, read_run_yaml
     from kinetoscope.models.tube_linking import Tracklets, link_tubes
     from kinetoscope.train.detect_track import normalise_frames
 
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    config = read_run_yaml(run_dir)
     model, spec = load_run_model(run_dir)
     own = data is None
     root = Path(config["data"]["root"]) if own else Path(data)

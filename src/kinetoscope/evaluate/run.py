@@ -42,11 +42,11 @@ def predict_run(
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.data.datamodule import config_dataset
     from kinetoscope.device import resolve_device
-    from kinetoscope.models.checkpoint import load_run_model
+    from kinetoscope.models.checkpoint import load_run_model, run_task
     from kinetoscope.models.inference import predict_batches
     from kinetoscope.utils import progress
 
-    if load_run_config(run_dir).get("task") == "detect_track":  # object detection: frame mAP, tubes
+    if run_task(run_dir) == "detect_track":  # object detection: frame mAP, tubes
         from kinetoscope.evaluate.detect_track import evaluate_detect_track
 
         return evaluate_detect_track(run_dir, data=data, split=split, name=name)

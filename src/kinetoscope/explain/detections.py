@@ -69,14 +69,14 @@ def explain_detect_track(
     ``name``; returns the output directory."""
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.data.objects import load_detection_dataset
-    from kinetoscope.models.checkpoint import load_run_config
+    from kinetoscope.models.checkpoint import read_run_yaml
     from kinetoscope.synth.preview import write_gif
     from kinetoscope.utils import atomic_path, atomic_write_text, csv_text
 
     run_dir = Path(run_dir)
     evaluation = run_dir / "evaluations" / name
     detections, tubes = _read_csv(evaluation / "detections.csv"), _read_csv(evaluation / "tubes.csv")
-    config = load_run_config(run_dir)
+    config = read_run_yaml(run_dir)
     root = Path(config["data"]["root"])
     store = DatasetStore(root)
     _, objects = load_detection_dataset(root, None)

@@ -169,7 +169,9 @@ def explain_run(
     from kinetoscope.utils import progress
 
     run_dir = Path(run_dir)
-    if load_run_config(run_dir).get("task") == "detect_track":  # object detection: draw the tubes
+    from kinetoscope.models.checkpoint import run_task
+
+    if run_task(run_dir) == "detect_track":  # object detection: draw the tubes
         from kinetoscope.explain.detections import explain_detect_track
 
         return explain_detect_track(run_dir, clips if isinstance(clips, int) else list(clips), out=out)

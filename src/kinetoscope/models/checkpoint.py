@@ -41,3 +41,20 @@ def load_run_model(run_dir: str | Path, device: Any = None) -> tuple[nn.Module, 
     if device is not None:
         model.to(device)
     return model, spec
+
+
+def read_run_yaml(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``config.yaml`` as a plain dict, without validating it as a RunConfig (Detect &
+    Track runs keep their own settings there)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a kinetoscope run directory")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def run_task(run_dir: str | Path) -> str:
+    """``"detect_track"`` for a Detect & Track run (object detection), ``"classification"`` otherwise."""
+    path = Path(run_dir) / "config.yaml"
+    return str(read_run_yaml(run_dir).get("task", "classification")) if path.is_file() else "classification"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text, quiet_libraries
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as for the trunk's usual initialisation
 STD = (0.229, 0.224, 0.225)
@@ -110,6 +110,7 @@ def fit_detect_track(
         raise FileExistsError(f"run directory {run_dir} is not empty; pass resume=True (--resume) or overwrite=True")
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer={optimizer!r}; expected 'adamw' or 'sgd'")
+    quiet_libraries()
     if threads:
         torch.set_num_threads(threads)
     pl.seed_everything(seed, workers=True, verbose=False)
