@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text, quiet_libraries
+from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text, log, quiet_libraries
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as for the trunk's usual initialisation
 STD = (0.229, 0.224, 0.225)
@@ -172,6 +172,8 @@ class DetectTrackModule(pl.LightningModule):
         if len(self._window) == self.log_every:
             self.history.append([self.global_step + 1, *np.round(np.mean(self._window, 0), 5).tolist()])
             self._window = []
+            text = " ".join(f"{k} {v:.3f}" for k, v in zip(self.loss_names, self.history[-1][1:], strict=True))
+            log(f"step {self.global_step + 1}/{self.steps}  {text}", tag="detect-track")
         return loss
 
     def configure_optimizers(self) -> Any:
