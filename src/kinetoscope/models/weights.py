@@ -518,3 +518,44 @@ def import_weights(
         reshaped=reshaped,
     )
     return model, report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pretrained trunks (a model part that keeps an image library's key names)
+
+
+def load_trunk(
+    trunk: nn.Module,
+    checkpoint_path: str | Path,
+    ignore: tuple[str, ...] = (),
+    what: str = "trunk",
+    *,
+    strip: str = "",
+) -> list[str]:
+    """Load a checkpoint whose keys equal ``trunk``'s own after removing the prefix ``strip`` (e.g.
+    torchvision's ``vgg16`` ``features.*`` into a VGG-16 frame trunk), skipping entries under the ``ignore``
+    prefixes (the classifier the model replaces).
+
+    Returns the skipped keys. Raises ``WeightMismatchError`` naming every missing, unexpected or mis-shaped
+    key; the trunk is left untouched then. ``num_batches_tracked`` counters absent from older checkpoints
+    keep the trunk's own values.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    foreign = read_checkpoint(checkpoint_path)
+    skipped = [k for k in foreign if k.startswith(ignore)] if ignore else []
+    state = {k.removeprefix(strip): v for k, v in foreign.items() if k not in skipped}
+    expected = trunk.state_dict()
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    missing, unexpected, shapes = compare_state(state, expected, repr)
+    if missing or unexpected or shapes:
+        raise WeightMismatchError(
+            f"checkpoint {checkpoint_path} does not fit the {what} ({len(state)} tensors kept, "
+            f"{len(expected)} in the {what}; skipped prefixes: {', '.join(ignore) or 'none'}):",
+            missing,
+            unexpected,
+            shapes,
+        )
+    trunk.load_state_dict(state, strict=True)
+    return skipped
