@@ -688,7 +688,7 @@ def models_info(
 def models_import(
     name: Annotated[str, typer.Argument(help="Model name, e.g. r2plus1d_18 or x3d_s.")],
     file: Annotated[Path, typer.Argument(help="Checkpoint file of the other library.")],
-    source: Annotated[str, typer.Option("--from", help="torchvision, pytorchvideo or dino.")] = "torchvision",
+    source: Annotated[str, typer.Option("--from", help="torchvision, pytorchvideo, dino or pytorch-i3d.")] = "torchvision",
     out_path: Annotated[Path | None, typer.Option("--out", help="Output .safetensors file.")] = None,
 ) -> None:
     """Import weights from torchvision / PyTorchVideo / DINO checkpoints into a .safetensors file."""
