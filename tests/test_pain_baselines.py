@@ -203,3 +203,18 @@ def test_i3d_twostream_loads_both_checkpoints_and_keeps_the_backbone_fixed(tmp_p
     assert model.rgb.Logits.weight.grad is not None and model.rgb.Mixed_5c.branch0[0].weight.grad is None
     with pytest.raises(WeightMismatchError, match="in_channels=3"):
         load_pytorch_i3d(model.rgb, paths["flow"][1])  # a flow checkpoint does not fit the RGB stream
+
+
+def test_cli_imports_a_pytorch_i3d_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from kinetoscope.cli import app
+
+    state = export_state_dict(create_model("i3d", 400, in_channels=2, temporal_strides=(2, 2, 2),
+                                           padding="tf_same"), "pytorch-i3d", "i3d")
+    path = tmp_path / "flow_imagenet.pt"
+    torch.save(state, path)
+    result = CliRunner().invoke(app, ["models", "import", "i3d", str(path), "--from", "pytorch-i3d"])
+    assert result.exit_code == 0, result.output
+    assert "in_channels=2" in result.output and "12,675,312 parameters" in result.output
+    assert (tmp_path / "i3d.safetensors").is_file()
