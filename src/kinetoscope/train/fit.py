@@ -249,7 +249,7 @@ def multigrid_callback(datamodule: Any, config: RunConfig) -> Any:
     if config.train.devices * config.train.num_nodes > 1:
         raise ValueError(f"train.multigrid={config.train.multigrid!r} runs on one device (its batch sampler is "
                          f"not sharded); got train.devices={config.train.devices}")
-    return MultigridCallback(datamodule.multigrid_plan())
+    return MultigridCallback(datamodule.multigrid_plan(), scale_flow=config.data.flow_normalize == "none")
 
 
 def make_loggers(config: RunConfig, run_dir: Path) -> list[Any] | bool:

@@ -40,12 +40,14 @@ class MultigridCallback(pl.Callback):
     ``on_train_batch_start`` resizes ``batch["video"]`` (and ``batch["flow"]``) in place to the step's
     frames and size, and scales every parameter group's learning rate by the step's ``lr_scale``; the
     unscaled rate is recovered at the next batch, so any scheduler that sets the rate (cosine, step) keeps
-    working underneath.
+    working underneath. ``scale_flow``: flow holds pixel displacements, rescaled with the frame (not when
+    it was normalised to image values, ``data.flow_normalize: minmax``).
     """
 
-    def __init__(self, plan: list[MultigridStep]) -> None:
+    def __init__(self, plan: list[MultigridStep], scale_flow: bool = True) -> None:
         super().__init__()
         self.plan = plan
+        self.scale_flow = scale_flow
         self._applied: list[tuple[float, float]] = []  # per group: (lr we set, scale we applied)
         self.steps_seen: list[MultigridStep] = []
 
@@ -63,7 +65,7 @@ class MultigridCallback(pl.Callback):
         step = self.plan[batch_idx % len(self.plan)]
         batch["video"] = multigrid_resize(batch["video"], step.frames, step.size)
         if "flow" in batch:
-            batch["flow"] = multigrid_resize(batch["flow"], step.frames, step.size, flow=True)
+            batch["flow"] = multigrid_resize(batch["flow"], step.frames, step.size, flow=self.scale_flow)
         for optimizer in trainer.optimizers:
             self._rescale_lr(optimizer, step.lr_scale)
         self.steps_seen.append(step)
