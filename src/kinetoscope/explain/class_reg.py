@@ -78,9 +78,13 @@ def class_reg_maps(
 
 @EXPLAINERS.register("cr-maps")
 def explain_class_reg_maps(model: nn.Module, inputs: list[torch.Tensor], *, target: Any = None,
-                           layer: str | None = None, tau: float = 0.0) -> Explanation:
+                           stream: str | None = None, layer: str | None = None, tau: float = 0.0) -> Explanation:
     """Explainer ``cr-maps``: the CR map of one regularised layer (``layer``, default the last), with each
-    layer's peak frame in the values (Stergiou 2021 §6.3.3)."""
+    layer's peak frame in the values (Stergiou 2021 §6.3.3). One-stream models only (``stream`` is checked)."""
+    streams = tuple(getattr(model, "streams", ("rgb",)))
+    if len(streams) != 1 or (stream is not None and stream not in streams):
+        raise ValueError(f"cr-maps explains one-stream models; {type(model).__name__} has streams {streams}"
+                         + (f", asked for {stream!r}" if stream is not None else ""))
     maps, targets = class_reg_maps(model, inputs, target, tau=tau)
     name = layer or list(maps)[-1]
     if name not in maps:

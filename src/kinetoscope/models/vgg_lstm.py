@@ -30,7 +30,7 @@ from torch import nn
 
 from kinetoscope.layers.framewise import FramewiseSequential
 from kinetoscope.layers.lstm import LSTM
-from kinetoscope.models.pain import with_magnitude
+from kinetoscope.models.pain import check_input_size, with_magnitude
 from kinetoscope.models.weights import load_trunk
 from kinetoscope.registry import register_model
 
@@ -74,14 +74,6 @@ class VGGLSTMStream(nn.Module):
         return self.lstm(torch.relu(self.fc1(x)))
 
 
-def _check_input(name: str, x: torch.Tensor, input_size: int) -> None:
-    if x.ndim != 5 or x.shape[-2:] != (input_size, input_size):
-        raise ValueError(
-            f"{name}: expected input [B, C, T, {input_size}, {input_size}], got {tuple(x.shape)}; "
-            "set model.input_size to the frame size of the data"
-        )
-
-
 class VGGLSTM(nn.Module):
     """One-stream VGG+LSTM (Broomé 2022 §3.2): ``forward(x [B, C, T, H, W]) -> [B, T, K]``.
     ``stream="flow"`` trains it on optical flow (the "VGG+LSTM flow" row of Table 3.4)."""
@@ -112,7 +104,7 @@ class VGGLSTM(nn.Module):
         self.classifier = nn.Linear(lstm_units, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("vgg_lstm", x, self.input_size)
+        check_input_size("vgg_lstm", x, self.input_size)
         if self.streams == ("flow",) and x.shape[1] == 2:
             x = with_magnitude(x)
         return self.classifier(self.dropout(self.stream(x)))
@@ -146,8 +138,8 @@ class VGGLSTM2(nn.Module):
         self.classifier = nn.Linear(lstm_units, num_classes)
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        _check_input("vgg_lstm2", rgb, self.input_size)
-        _check_input("vgg_lstm2 (flow)", flow, self.input_size)
+        check_input_size("vgg_lstm2", rgb, self.input_size)
+        check_input_size("vgg_lstm2 (flow)", flow, self.input_size)
         if flow.shape[1] == 2:
             flow = with_magnitude(flow)
         return self.classifier(self.dropout(self.rgb(rgb) + self.flow(flow)))
