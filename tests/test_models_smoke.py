@@ -16,6 +16,8 @@ NUM_CLASSES = 3
 SMALL_CLIP = (3, 8, 32, 32)
 SMALLEST_CLIP: dict[str, tuple[int, int, int, int]] = {
     "clstm_accv": (3, 4, 64, 64),  # three stride-2 ConvLSTMs + pools: 64 -> ... -> 1
+    "inception_v3": (3, 2, 75, 75),  # the smallest frame InceptionV3's valid convolutions take
+    "inception_v3_2": (3, 2, 75, 75),
 }
 KNOWN_STREAMS = {("rgb",), ("rgb", "flow"), ("flow",)}
 

@@ -743,10 +743,12 @@ def models_info(
 def models_import(
     name: Annotated[str, typer.Argument(help="Model name, e.g. r2plus1d_18 or x3d_s.")],
     file: Annotated[Path, typer.Argument(help="Checkpoint file of the other library.")],
-    source: Annotated[str, typer.Option("--from", help="torchvision, pytorchvideo or dino.")] = "torchvision",
+    source: Annotated[
+        str, typer.Option("--from", help="torchvision, pytorchvideo, dino or pytorch-i3d.")
+    ] = "torchvision",
     out_path: Annotated[Path | None, typer.Option("--out", help="Output .safetensors file.")] = None,
 ) -> None:
-    """Import weights from torchvision / PyTorchVideo / DINO checkpoints into a .safetensors file."""
+    """Import weights from torchvision / PyTorchVideo / DINO / pytorch-i3d checkpoints into a .safetensors file."""
     from kinetoscope.models.weights import default_output_path, import_weights
 
     _, report = import_weights(source, name, file, out_path or default_output_path(file, name))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,10 @@ class DataConfig(_Strict):
         None, description="subject-exclusive folds: only these subjects train; the split column is ignored")
     val_subjects: list[str] | None = None
     test_subjects: list[str] | None = None
+    clip_start: Literal["planned", "gaussian"] = Field(
+        "planned", description="training clips: planned positions, or a start ~ N(L/4, (L/6)²) on [0, L/2] "
+        "redrawn every epoch with frames `step` apart (Stergiou 2021 §5.4.1)")
+    step: int = Field(1, ge=1, description="frames between a clip's frames (dataset stride: HACS 2, Kinetics 5)")
 
 
 class ModelConfig(BaseModel):
@@ -94,10 +98,20 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(1e-5, ge=0)
-    schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: lr * 1/2 (1 + cos(pi n / n_max)) per step over max_epochs (seed 002)"
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="cosine: lr * 1/2 (1 + cos(pi n / n_max)) per step over max_epochs (seed 002); "
+        "step: lr * gamma^k after the k-th milestone epoch or every step_every epochs (Stergiou 2021 §4.4.1)"
     )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the cosine (seed 002: 8k)")
+    milestones: list[int] = Field(default_factory=list, description="step schedule: epochs (e.g. [40, 70, 120])")
+    step_every: int | None = Field(None, ge=1, description="step schedule: reduce every this many epochs")
+    gamma: float = Field(0.1, gt=0, description="step schedule: factor per reduction")
+
+    @model_validator(mode="after")
+    def _step_needs_epochs(self) -> OptimConfig:
+        if self.schedule == "step" and not self.milestones and self.step_every is None:
+            raise ValueError("optim.schedule=step needs optim.milestones or optim.step_every")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -129,6 +143,8 @@ class TrainConfig(_Strict):
     freeze: list[str] | None = Field(
         None, description="freeze the parameters and BatchNorm statistics of these top-level modules "
         "(e.g. [stem, layer1]); the rest trains")
+    multigrid: Literal["none", "long", "short", "long+short"] = Field(
+        "none", description="multigrid batch schedule, b·t·h·w = B·T·H·W (Wu et al. 2020; Stergiou 2021 §4.4.1)")
 
 
 class RunConfig(_Strict):

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from kinetoscope.config import DataConfig, RunConfig
 from kinetoscope.data.dataset import ClipDataset
+from kinetoscope.data.multigrid import MultigridBatchSampler, MultigridStep, dataset_plan
 from kinetoscope.data.transforms import (
     NORMALIZATIONS,
     CenterCrop,
@@ -209,13 +210,14 @@ def config_dataset(
         classes=classes,
         sampling=data.sampling,
         stride=data.stride,
-        step=_eval_step(data) if not train else 1,
+        step=_eval_step(data) if not train else data.step,
         oversample=data.oversample,
         jitter=train and (data.jitter or data.frame_rate_jitter is not None),
         strides=data.frame_rate_jitter if train else None,
         flow=data.flow if flow is None else flow,
         subjects=subjects,
         seed=config.train.seed,
+        clip_start=data.clip_start if train else "planned",
     )
     dataset.transform = clip_transform(data, train=train, channels=int(dataset.store.meta().get("channels", 3)))
     return dataset
@@ -225,7 +227,7 @@ def _eval_step(data: DataConfig) -> int:
     """Evaluation clips of a run trained with frame-rate jitter space their frames by the middle
     stride of the range (dense windows), so they span what training clips spanned on average."""
     if data.frame_rate_jitter is None or data.sampling != "dense":
-        return 1
+        return data.step
     lo, hi = data.frame_rate_jitter
     return (lo + hi) // 2
 
@@ -242,6 +244,7 @@ class VideoDataModule(L.LightningDataModule):
         self.flow = flow
         self.classes = classes
         self.datasets: dict[str, ClipDataset | None] = {}
+        self._multigrid_plan: list[MultigridStep] | None = None
 
     def dataset(self, part: str) -> ClipDataset | None:
         """The part's dataset, built once; ``None`` when the config has no such part."""
@@ -279,7 +282,25 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.config.train.multigrid != "none":
+            return self.multigrid_loader()
         return self.loader("train", shuffle=True)
+
+    def multigrid_plan(self) -> list[MultigridStep]:
+        """The multigrid iterations of one training epoch (``train.multigrid``; Stergiou 2021 §4.4.1)."""
+        if self._multigrid_plan is None:
+            self._multigrid_plan = dataset_plan(self.dataset("train"), self.config.data.batch_size,
+                                                self.config.train.multigrid)
+        return self._multigrid_plan
+
+    def multigrid_loader(self) -> DataLoader:
+        """Training batches of the multigrid plan's sizes, a fresh permutation every epoch; the shapes and
+        learning-rate factors are applied by ``kinetoscope.train.schedules.MultigridCallback``."""
+        data = self.config.data
+        sampler = MultigridBatchSampler(EpochSampler(len(self.dataset("train")), self.config.train.seed),
+                                        self.multigrid_plan())
+        return DataLoader(self.dataset("train"), batch_sampler=sampler, num_workers=data.num_workers,
+                          worker_init_fn=seed_worker, persistent_workers=data.num_workers > 0, pin_memory=False)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.loader("val") if self.dataset("val") is not None else []  # [] = no validation

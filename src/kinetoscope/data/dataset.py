@@ -24,6 +24,7 @@ from kinetoscope.data.cache import DatasetStore
 from kinetoscope.data.sampling import (
     ClipSpec,
     SamplingReport,
+    gaussian_start_indices,
     jitter_window,
     jittered_uniform,
     plan_clips,
@@ -53,7 +54,9 @@ class ClipDataset(Dataset):
     ``self.report``); ``jitter=True`` draws fresh positions per access (segment-random for uniform,
     a shift of up to ``stride // 2`` for dense); with ``strides=(lo, hi)`` as well, every access
     draws a random spacing in ``lo..hi`` and a random start instead (frame-rate jitter, Feichtenhofer
-    2017 Ch. 3). ``labels`` holds one class index per *clip*.
+    2017 Ch. 3); ``clip_start="gaussian"`` draws every access's clip start from ``N(L/4, (L/6)²)`` on
+    ``[0, L/2]`` with frames ``step`` apart (Stergiou 2021 §5.4.1). ``labels`` holds one class index per
+    *clip*.
     """
 
     def __init__(
@@ -75,7 +78,11 @@ class ClipDataset(Dataset):
         flow: bool = False,
         subjects: Sequence[str] | None = None,
         seed: int = 0,
+        clip_start: str = "planned",
     ) -> None:
+        if clip_start not in ("planned", "gaussian"):
+            raise ValueError(f"clip_start={clip_start!r} must be 'planned' or 'gaussian' (Stergiou 2021 §5.4.1)")
+        self.clip_start = clip_start
         self.store = DatasetStore(root)
         self.classes = list(classes) if classes is not None else self.store.classes
         records = self.store.records(split)
@@ -152,9 +159,12 @@ class ClipDataset(Dataset):
 
     def _indices(self, clip: ClipSpec, generator: torch.Generator | None) -> np.ndarray:
         idx = np.asarray(clip.frame_indices, dtype=np.int64)
+        n = self.num_frames[clip.video_index]
+        if self.clip_start == "gaussian":  # a fresh start per access: N(L/4, (L/6)²) on [0, L/2]
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
+            return gaussian_start_indices(n, len(idx), self.step, rng)
         if not self.jitter or clip.padded:
             return idx
-        n = self.num_frames[clip.video_index]
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
         if self.strides is not None:
             drawn = random_stride_window(n, len(idx), self.strides, rng)
@@ -173,7 +183,7 @@ class ClipDataset(Dataset):
         clip = self.clips[i]
         record = self.records[clip.video_index]
         generator = None
-        if self.jitter or self.transform is not None:  # draw from the global RNG only when needed
+        if self.jitter or self.transform is not None or self.clip_start == "gaussian":  # RNG only if needed
             if seed is None:
                 seed = int(torch.randint(0, 2**62, ()))
             generator = torch.Generator().manual_seed(seed)

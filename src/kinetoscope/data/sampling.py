@@ -10,6 +10,9 @@ Strategies (all return frame indices into a cached video of ``num_frames`` frame
   "uniform temporal sampling with jitter, random start"), a random shift of a dense window, or a
   random start and random frame spacing ``τ`` from a range (seed 004 Ch. 3, frame-rate jitter:
   :func:`random_stride_window`, a building block for custom datasets; ``ClipDataset`` does not use it).
+* **Gaussian start** (training) — Stergiou 2021 §5.4.1: the clip start is drawn from ``N(L/4, (L/6)²)``
+  truncated to ``[0, L/2]``, frames follow at the dataset's stride (:func:`gaussian_start_indices`;
+  ``ClipDataset(clip_start="gaussian")``, config ``data.clip_start``).
 * **oversampling** — seed 000 [T] §3.3: extra windows for every non-majority class start on the grid
   ``L/2 + k·S``, maximally off the regular grid; ``n_resample = n_major − n_class`` clips, ``int(n_resample
   / M)`` per video, spread evenly over the valid starts (M = videos of that class, following the
@@ -278,3 +281,31 @@ def plan_clips(
             report.oversampled_clips += 1
     report.clips = len(clips)
     return clips, report
+
+
+def gaussian_clip_start(num_frames: int, rng: np.random.Generator, max_draws: int = 1000) -> int:
+    """A clip start ``s ~ N(L/4, (L/6)²)`` truncated to ``[0, L/2]`` by redrawing (Stergiou 2021 §5.4.1, Fig.
+    5.6: most clips then cover the middle of the video, where the action usually is). ``L = num_frames``."""
+    if num_frames <= 1:
+        return 0
+    mean, std, high = num_frames / 4, num_frames / 6, num_frames / 2
+    for _ in range(max_draws):
+        s = rng.normal(mean, std)
+        if 0 <= s <= high:
+            return min(int(round(s)), num_frames - 1)
+    return int(round(mean))  # unreachable in practice: 87 % of draws land inside [0, L/2]
+
+
+def gaussian_start_indices(
+    num_frames: int, frames: int, step: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Frame indices of a clip with a Gaussian start (:func:`gaussian_clip_start`): ``frames`` frames ``step``
+    apart (the dataset's temporal stride: HACS 2, Kinetics 5, MiT 3 in Stergiou 2021 §5.4.1); when they
+    would run past the end, the ``frames`` indices are spread evenly over ``[s, L - 1]`` instead."""
+    if frames < 1 or step < 1:
+        raise ValueError(f"gaussian_start_indices: frames={frames} and step={step} must be >= 1")
+    start = gaussian_clip_start(num_frames, rng)
+    indices = start + step * np.arange(frames)
+    if indices[-1] > num_frames - 1:
+        indices = np.round(np.linspace(start, num_frames - 1, frames)).astype(np.int64)
+    return indices.astype(np.int64)

@@ -3,8 +3,9 @@
 from kinetoscope.layers.class_reg import ClassRegularisation  # seed 002 ch. 6
 from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell, reference_convlstm  # seed 000 §4
 from kinetoscope.layers.frame_select import select_frames, triplet_cosine_scores  # seed 002 §5.3
-from kinetoscope.layers.framewise import Framewise  # seed 000 time-distributed layers
+from kinetoscope.layers.framewise import Framewise, FramewiseSequential  # seed 000 time-distributed layers
 from kinetoscope.layers.gates import SRTG, CycleConsistencyGate, SqueezeRecursion  # seed 002 §4.3
+from kinetoscope.layers.lstm import LSTM  # Broomé 2022 §3.2 VGG+LSTM
 from kinetoscope.layers.mtconv import MTConv  # seed 002 §5.3
 from kinetoscope.layers.softpool import (  # seed 002 Eq. 5.5
     SoftPool1d,
@@ -33,7 +34,9 @@ __all__ = [
     "ConvLSTMCell",
     "CycleConsistencyGate",
     "Framewise",
+    "FramewiseSequential",
     "IdentityTemporalConv",
+    "LSTM",
     "MTConv",
     "SRTG",
     "SoftPool1d",

