@@ -54,6 +54,7 @@ def test_explain_run_writes_gifs_sheets_index_and_statistics(untrained_run):
     assert {r["label"] for r in rows} == {"left", "right"}  # clips taken across classes
     mask_row = next(r for r in rows if r["method"] == "temporal-mask")
     assert 0 <= int(mask_row["mask_length"]) <= 8 and float(mask_row["original_score"]) > 0
+    assert mask_row["protocol"] == "paper" and mask_row["iterations"] == "20"  # fixed, every clip
     gif = Image.open(out / mask_row["gif"])
     assert gif.n_frames == 8 and gif.width > 3 * 64  # three panels side by side
     assert (out / mask_row["sheet"]).is_file()
@@ -67,6 +68,7 @@ def test_explain_run_writes_gifs_sheets_index_and_statistics(untrained_run):
         assert len(list(csv.DictReader(fh))) == 6
     section = explanations_section(untrained_run)
     assert section.count("data:image/gif;base64,") == 3 and "mask length" in section
+    assert "paper protocol: 20 fixed Adam iterations per clip (the paper: 300)" in section
 
 
 def test_explain_run_takes_the_validation_subjects_of_a_subject_split_run(untrained_run, motion_dataset):
@@ -102,3 +104,37 @@ def test_gif_has_three_panels_and_a_mask_strip(tmp_path):
     assert image.n_frames == 4
     strip = mask_strip(np.array([0.0, 1.0]), 20)
     assert strip[5, 15, 0] > strip[5, 15, 1] and strip[5, 3, 1] > strip[5, 3, 0]  # red on, green off
+
+
+def _mask_rows(run_dir, protocol, lengths, iterations):
+    from kinetoscope.explain.run import INDEX_COLUMNS
+
+    out = run_dir / "explanations"
+    out.mkdir(parents=True)
+    with open(out / "index.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        for i, (length, steps) in enumerate(zip(lengths, iterations, strict=True)):
+            writer.writerow({"method": "temporal-mask", "video_id": f"v{i}", "clip_index": 0, "mask_length": length,
+                             "drop_ratio": 0.1 * length + 0.03 * i, "drop_difference": 0.02 * i - 0.01, "protocol": protocol, "iterations": steps})
+        writer.writerow({"method": "gradcam", "video_id": "v0", "clip_index": 0, "blob_count": 2})
+
+
+def test_study_report_compares_mask_lengths_and_flags_other_protocols(tmp_path):
+    from scipy.stats import ttest_ind
+
+    from kinetoscope.report.masks import mask_comparison_section
+
+    a, b = tmp_path / "cnn3d", tmp_path / "convlstm"
+    _mask_rows(a, "paper", [2, 3, 4], [300] * 3)
+    _mask_rows(b, "paper", [6, 8, 7, 9], [300] * 4)
+    section = mask_comparison_section({"3D CNN": a, "ConvLSTM": b})
+    assert "paper protocol: 300 fixed Adam iterations per clip, no early stop" in section
+    assert "not comparable" not in section
+    assert "<td>3D CNN</td><td>3±1</td>" in section and "<td>ConvLSTM</td><td>7.5±1.3</td>" in section
+    p = ttest_ind([2, 3, 4], [6, 8, 7, 9], equal_var=False).pvalue
+    assert f"<td>Welch p</td><td>{p:.2g}</td>" in section
+    c = tmp_path / "early"
+    _mask_rows(c, "early-stop", [1, 2], [41, 87])
+    assert "not comparable" in mask_comparison_section({"3D CNN": a, "early": c})
+    assert mask_comparison_section({"none": tmp_path / "missing"}) == ""
