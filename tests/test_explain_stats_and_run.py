@@ -116,7 +116,8 @@ def _mask_rows(run_dir, protocol, lengths, iterations):
         writer.writeheader()
         for i, (length, steps) in enumerate(zip(lengths, iterations, strict=True)):
             writer.writerow({"method": "temporal-mask", "video_id": f"v{i}", "clip_index": 0, "mask_length": length,
-                             "drop_ratio": 0.1 * length + 0.03 * i, "drop_difference": 0.02 * i - 0.01, "protocol": protocol, "iterations": steps})
+                             "drop_ratio": 0.1 * length + 0.03 * i, "drop_difference": 0.02 * i - 0.01,
+                             "protocol": protocol, "iterations": steps})
         writer.writerow({"method": "gradcam", "video_id": "v0", "clip_index": 0, "blob_count": 2})
 
 
