@@ -1,4 +1,4 @@
-"""Explanation statistics (seed 001 [P] §4.3), rendering and ``explain_run`` on a run directory."""
+"""Explanation statistics (Mänttäri 2020 §4.3), rendering and ``explain_run`` on a run directory."""
 
 from __future__ import annotations
 
@@ -14,19 +14,46 @@ from PIL import Image
 from kinetoscope.explain.stats import blob_statistics, comparison_table, frame_blobs, welch_test
 
 
-def test_blobs_are_8_connected_components_of_the_normalised_map():
+def test_component_blobs_are_8_connected_components_of_the_normalised_map():
     frame = np.zeros((9, 9), dtype=np.float32)
     frame[0, 0] = frame[1, 1] = 2.0  # diagonal neighbours: one blob under 8-connectivity
     frame[6:9, 6:9] = 1.5  # a 3x3 blob centred at (7, 7)
     frame[4, 0] = 0.5  # below half the maximum after min-max: not salient
-    blobs = sorted(frame_blobs(frame))
+    blobs = sorted(frame_blobs(frame, detector="components"))
     assert [b[0] for b in blobs] == [2.0, 9.0]
-    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]))
+    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]), detector="components")
     assert stats["blob_count"] == 1.0  # two blobs in frame 0, none in the constant frame 1
     assert stats["blob_size"] == pytest.approx(5.5)
     # centres (0.5, 0.5) and (7, 7); frame centre (4, 4)
     assert stats["centre_distance"] == pytest.approx((math.hypot(3.5, 3.5) + math.hypot(3, 3)) / 2)
-    assert len(frame_blobs(frame, detector="simple")) >= 1
+    with pytest.raises(ValueError, match="detector"):
+        frame_blobs(frame, detector="mser")
+
+
+def disk(size: int, centre: tuple[int, int], radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    return ((yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius**2).astype(np.float32)
+
+
+def test_simple_blob_detector_is_the_default_and_finds_planted_blobs():
+    """OpenCV's SimpleBlobDetector (Mänttäri 2020 Table 3): two planted disks and a faint bump below half
+    the range give two blobs at the disks' centres, sized like the disks."""
+    frame = disk(64, (20, 16), 6) + 0.8 * disk(64, (40, 44), 8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    frame += 0.1 * np.exp(-((yy - 50) ** 2 + (xx - 10) ** 2) / 20)  # not salient
+    blobs = sorted(frame_blobs(frame), key=lambda b: b[0])  # default detector
+    assert len(blobs) == 2
+    (small_area, *small_xy), (large_area, *large_xy) = blobs
+    assert small_xy == pytest.approx([20, 16], abs=0.5) and large_xy == pytest.approx([40, 44], abs=0.5)
+    assert small_area == pytest.approx(math.pi * 36, rel=0.3) and large_area == pytest.approx(math.pi * 64, rel=0.3)
+    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]))
+    assert stats["blob_count"] == 1.0
+    centre = (63 / 2, 63 / 2)
+    expected = (math.hypot(20 - centre[0], 16 - centre[1]) + math.hypot(40 - centre[0], 44 - centre[1])) / 2
+    assert stats["centre_distance"] == pytest.approx(expected, abs=0.5)
+    # a blob larger than OpenCV's default 5000 px area cap is still found
+    big = frame_blobs(disk(128, (64, 64), 45))
+    assert len(big) == 1 and big[0][0] == pytest.approx(math.pi * 45**2, rel=0.3)
 
 
 def test_welch_t_test_and_table_shaped_like_tables_3_and_4():
