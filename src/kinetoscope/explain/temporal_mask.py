@@ -10,15 +10,16 @@ A mask ``m = sigmoid(z) in [0, 1]^T`` perturbs the clip over time:
 
 ``z`` minimises ``L = λ1 ||m||_1 + λ2 TV_β(m) + F_c(x')`` with ``F_c`` the softmax score of the target
 class (the predicted class unless given), ``TV_β(m) = Σ_{u=1}^{T-2} |m_{u-1} - m_u|^β + |m_{u+1} - m_u|^β``,
-β = 3, λ1 = 0.01, λ2 = 0.02, Adam lr 0.2, at most 300 iterations. ``z`` starts at ±5 on the
+β = 3, λ1 = 0.01, λ2 = 0.02, Adam lr 0.2, 300 iterations. ``z`` starts at ±5 on the
 **central initialisation**: the smallest centred mask that still removes ≥ 90 % of the drop of the
-full freeze (ambiguity 5: the last size meeting the criterion — the authors' code keeps the first
-that fails, ``legacy_off_by_one=True``). FS and RS are recomputed with the final mask (ambiguity 6);
-RS uses the mask learned with freeze (ambiguity 3). ``m > 0.5`` is the binary mask and its count the
-mask length (ambiguity 7). Drop ratio ``(OS - FS) / (OS - RS)`` is NaN when ``OS - RS <= 0.001`` or
-``OS - FS <= 0.001``; drop difference ``RS - FS`` is kept for every clip (ambiguity 10).
+full freeze (the last size meeting the criterion — the authors' code keeps the first that fails,
+``legacy_off_by_one=True``). FS and RS are recomputed with the final mask; RS uses the mask learned
+with freeze. ``m > 0.5`` is the binary mask and its count the mask length. Drop ratio
+``(OS - FS) / (OS - RS)`` is NaN when ``OS - RS <= 0.001`` or ``OS - FS <= 0.001``; drop difference
+``RS - FS`` is kept for every clip. These choices where the documents are silent or differ from the
+authors' code: docs/deviations.md, "Temporal masks".
 
-Note on the seed's freeze example: [T] §5.2 prints the mask ``[0,0,0,1,1,1,1,1,1,0,…]`` (on at 4–9,
+Note on Broomé 2022's freeze example: §5.2 prints the mask ``[0,0,0,1,1,1,1,1,1,0,…]`` (on at 4–9,
 1-based) with the result ``[1,2,3,3,3,3,3,3,9,…]``, which freezes only frames 4–8; the recursion the
 same page gives as pseudo-code produces that result for the mask on at 4–8, and
 ``[1,2,3,3,3,3,3,3,3,10,…]`` for the mask on at 4–9. The tests check the recursion.
@@ -124,12 +125,12 @@ def freeze_weights(mask: torch.Tensor) -> torch.Tensor:
 
 
 def apply_freeze(clips: torch.Tensor, mask: torch.Tensor, method: str = "recurrence") -> torch.Tensor:
-    """Freeze perturbation ([P] §3.1): ``x'_t = (1 - m_t) x_t + m_t x'_{t-1}``, ``x'_0 = x_0``.
+    """Freeze perturbation (Mänttäri 2020 §3.1): ``x'_t = (1 - m_t) x_t + m_t x'_{t-1}``, ``x'_0 = x_0``.
 
     ``clips [B, C, T, H, W]``, ``mask [B, T]`` (or ``[T]``) in [0, 1] -> ``[B, C, T, H, W]``;
     differentiable in ``mask``. ``method="recurrence"`` steps the recurrence over T with all clips at
     once (T fused elementwise ops); ``"matrix"`` applies :func:`freeze_weights` as one batched matmul
-    over time. Both give the seed's recursion (bit for bit on binary masks); on CPU the recurrence is
+    over time. Both give the documents' recursion (bit for bit on binary masks); on CPU the recurrence is
     the faster (the matrix form costs T times the arithmetic), which ``benchmarks/temporal_mask.py``
     reports.
     """
@@ -149,7 +150,7 @@ def apply_freeze(clips: torch.Tensor, mask: torch.Tensor, method: str = "recurre
 
 
 def freeze_reference(clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The freeze recursion as the seed's pseudo-code: a Python loop over frames, one clip at a time."""
+    """The freeze recursion as Broomé 2022 §5.2's pseudo-code: a Python loop over frames, one clip at a time."""
     mask = _batched_mask(clips, mask)
     out = []
     for clip, m in zip(clips, mask, strict=True):
@@ -179,7 +180,7 @@ def reverse_permutation(mask: torch.Tensor, threshold: float = 0.1) -> tuple[tor
 
 
 def apply_reverse(clips: torch.Tensor, mask: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """Reverse perturbation ([P] §3.1; spec ambiguity 2): each contiguous run of frames with
+    """Reverse perturbation (Mänttäri 2020 §3.1; the blend is the authors' code's): each contiguous run of frames with
     ``m > threshold`` is reversed in place with the soft pair blend
     ``x'[a_u] = (1 - m[a_u]) x[a_u] + m[a_u] x[a_{-u-1}]``; frames outside runs are unchanged.
 
@@ -195,7 +196,7 @@ def apply_reverse(clips: torch.Tensor, mask: torch.Tensor, threshold: float = 0.
 
 
 def reverse_reference(clips: torch.Tensor, mask: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """Reverse perturbation as the seed's procedure: find the runs, loop over each run's pairs."""
+    """Reverse perturbation as the paper's procedure: find the runs, loop over each run's pairs."""
     mask = _batched_mask(clips, mask)
     out = []
     for clip, m in zip(clips, mask, strict=True):
@@ -263,7 +264,7 @@ def choose_central(ratios: list[float], legacy_off_by_one: bool = False) -> int:
 
     Scans i upwards and stops at the first ``r < 0.9``; keeps the last size that met the criterion
     (0, the full mask, if i = 1 fails already). ``legacy_off_by_one`` keeps the failing size instead,
-    as the authors' code does (spec ambiguity 5).
+    as the authors' code does (docs/deviations.md, "Temporal masks").
     """
     for i, ratio in enumerate(ratios, start=1):
         if not ratio >= 0.9:  # NaN counts as failing
@@ -331,7 +332,7 @@ class TemporalMaskResult:
 def drop_statistics(original: torch.Tensor, freeze: torch.Tensor, reverse: torch.Tensor,
                     min_drop: float = 0.001) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop ratio ``(OS - FS) / (OS - RS)`` (NaN where ``OS - RS <= min_drop`` or ``OS - FS <= min_drop``)
-    and drop difference ``RS - FS`` ([P] §4.3; spec ambiguity 10)."""
+    and drop difference ``RS - FS`` (Mänttäri 2020 §4.3; docs/deviations.md, "Temporal masks")."""
     freeze_drop, reverse_drop = original - freeze, original - reverse
     keep = (reverse_drop > min_drop) & (freeze_drop > min_drop)
     ratio = torch.where(keep, freeze_drop / reverse_drop.where(keep, torch.ones_like(reverse_drop)),
