@@ -303,11 +303,11 @@ def mask_protocol_notes(rows: Sequence[dict[str, str]]) -> list[str]:
     """``<p>`` lines naming the protocol(s) the temporal masks in ``rows`` (``index.csv``) were learned with."""
     from kinetoscope.explain.temporal_mask import protocol_label
 
-    seen = sorted({(r.get("protocol") or "unrecorded", max(int(float(r.get("iterations") or 0)), 0))
-                   for r in rows if r.get("method") == "temporal-mask"})
-    protocols: dict[str, int] = {}
-    for protocol, iterations in seen:  # early-stop rows differ in iterations: report the largest
-        protocols[protocol] = max(protocols.get(protocol, 0), iterations)
+    protocols: dict[str, int] = {}  # protocol -> iterations (early-stop rows differ: the largest)
+    for row in rows:
+        if row.get("method") == "temporal-mask":
+            protocol = row.get("protocol") or "unrecorded"
+            protocols[protocol] = max(protocols.get(protocol, 0), int(float(row.get("iterations") or 0)))
     return [f"<p class='muted'>Temporal masks: {html.escape(protocol_label(p, n))}.</p>" for p, n in protocols.items()]
 
 

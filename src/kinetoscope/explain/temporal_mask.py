@@ -86,7 +86,7 @@ def protocol_label(protocol: str, iterations: int) -> str:
         return f"paper protocol: {iterations} fixed Adam iterations per clip{changed}, no early stop"
     if protocol == "early-stop":
         return f"early-stop (fast) mode: at most {iterations} Adam iterations, stopped at |ΔL| < tolerance"
-    return f"{protocol}, {iterations} iterations"
+    return "protocol and iterations not recorded (masks made before kinetoscope recorded them)"
 
 
 # --------------------------------------------------------------------------------------------------

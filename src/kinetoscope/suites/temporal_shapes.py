@@ -132,7 +132,7 @@ def digits_note(data: dict[str, Path]) -> str:
         used = store.meta().get("digits_used") if store.exists() else None
         if used:
             lines.append(f"{DOMAIN_TITLES.get(domain, domain)}: {html.escape(used)}")
-    return ("<p class='muted'>Digits used — " + "; ".join(lines) + ".</p>") if lines else ""
+    return ("<br><span class='muted'>Digits used — " + "; ".join(lines) + ".</span>") if lines else ""
 
 
 def _generate_domains(out_dir: Path, settings: dict[str, Any]) -> dict[str, Path]:
