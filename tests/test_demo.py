@@ -14,6 +14,9 @@ def test_quick_demo_writes_every_part_of_the_report_and_resumes(tmp_path):
     for text in ("Results", "2Dot reversed", "MNIST-bg", "Training curves", "Sample clips", "Explanations",
                  "data:image/gif;base64", "data:image/png;base64"):
         assert text in html, text
+    # the two families' temporal masks compared under the paper protocol (fixed iterations, no early stop)
+    assert "<h2>Temporal masks</h2>" in html and "paper protocol: 30 fixed Adam iterations per clip" in html
+    assert "not comparable" not in html and "Digits used" in html
     for family in ("cnn3d", "convlstm"):
         summary = json.loads((out / family / "summary.json").read_text())
         assert set(summary["evaluations"]) == {"val", "val-reversed", *DOMAINS[1:]}

@@ -1,4 +1,4 @@
-"""Explanation statistics (seed 001 [P] §4.3), rendering and ``explain_run`` on a run directory."""
+"""Explanation statistics (Mänttäri 2020 §4.3), rendering and ``explain_run`` on a run directory."""
 
 from __future__ import annotations
 
@@ -14,19 +14,46 @@ from PIL import Image
 from kinetoscope.explain.stats import blob_statistics, comparison_table, frame_blobs, welch_test
 
 
-def test_blobs_are_8_connected_components_of_the_normalised_map():
+def test_component_blobs_are_8_connected_components_of_the_normalised_map():
     frame = np.zeros((9, 9), dtype=np.float32)
     frame[0, 0] = frame[1, 1] = 2.0  # diagonal neighbours: one blob under 8-connectivity
     frame[6:9, 6:9] = 1.5  # a 3x3 blob centred at (7, 7)
     frame[4, 0] = 0.5  # below half the maximum after min-max: not salient
-    blobs = sorted(frame_blobs(frame))
+    blobs = sorted(frame_blobs(frame, detector="components"))
     assert [b[0] for b in blobs] == [2.0, 9.0]
-    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]))
+    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]), detector="components")
     assert stats["blob_count"] == 1.0  # two blobs in frame 0, none in the constant frame 1
     assert stats["blob_size"] == pytest.approx(5.5)
     # centres (0.5, 0.5) and (7, 7); frame centre (4, 4)
     assert stats["centre_distance"] == pytest.approx((math.hypot(3.5, 3.5) + math.hypot(3, 3)) / 2)
-    assert len(frame_blobs(frame, detector="simple")) >= 1
+    with pytest.raises(ValueError, match="detector"):
+        frame_blobs(frame, detector="mser")
+
+
+def disk(size: int, centre: tuple[int, int], radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    return ((yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius**2).astype(np.float32)
+
+
+def test_simple_blob_detector_is_the_default_and_finds_planted_blobs():
+    """OpenCV's SimpleBlobDetector (Mänttäri 2020 Table 3): two planted disks and a faint bump below half
+    the range give two blobs at the disks' centres, sized like the disks."""
+    frame = disk(64, (20, 16), 6) + 0.8 * disk(64, (40, 44), 8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    frame += 0.1 * np.exp(-((yy - 50) ** 2 + (xx - 10) ** 2) / 20)  # not salient
+    blobs = sorted(frame_blobs(frame), key=lambda b: b[0])  # default detector
+    assert len(blobs) == 2
+    (small_area, *small_xy), (large_area, *large_xy) = blobs
+    assert small_xy == pytest.approx([20, 16], abs=0.5) and large_xy == pytest.approx([40, 44], abs=0.5)
+    assert small_area == pytest.approx(math.pi * 36, rel=0.3) and large_area == pytest.approx(math.pi * 64, rel=0.3)
+    stats = blob_statistics(np.stack([frame, np.zeros_like(frame)]))
+    assert stats["blob_count"] == 1.0
+    centre = (63 / 2, 63 / 2)
+    expected = (math.hypot(20 - centre[0], 16 - centre[1]) + math.hypot(40 - centre[0], 44 - centre[1])) / 2
+    assert stats["centre_distance"] == pytest.approx(expected, abs=0.5)
+    # a blob larger than OpenCV's default 5000 px area cap is still found
+    big = frame_blobs(disk(128, (64, 64), 45))
+    assert len(big) == 1 and big[0][0] == pytest.approx(math.pi * 45**2, rel=0.3)
 
 
 def test_welch_t_test_and_table_shaped_like_tables_3_and_4():
@@ -54,6 +81,7 @@ def test_explain_run_writes_gifs_sheets_index_and_statistics(untrained_run):
     assert {r["label"] for r in rows} == {"left", "right"}  # clips taken across classes
     mask_row = next(r for r in rows if r["method"] == "temporal-mask")
     assert 0 <= int(mask_row["mask_length"]) <= 8 and float(mask_row["original_score"]) > 0
+    assert mask_row["protocol"] == "paper" and mask_row["iterations"] == "20"  # fixed, every clip
     gif = Image.open(out / mask_row["gif"])
     assert gif.n_frames == 8 and gif.width > 3 * 64  # three panels side by side
     assert (out / mask_row["sheet"]).is_file()
@@ -67,6 +95,7 @@ def test_explain_run_writes_gifs_sheets_index_and_statistics(untrained_run):
         assert len(list(csv.DictReader(fh))) == 6
     section = explanations_section(untrained_run)
     assert section.count("data:image/gif;base64,") == 3 and "mask length" in section
+    assert "paper protocol: 20 fixed Adam iterations per clip (the paper: 300)" in section
 
 
 def test_explain_run_takes_the_validation_subjects_of_a_subject_split_run(untrained_run, motion_dataset):
@@ -102,3 +131,38 @@ def test_gif_has_three_panels_and_a_mask_strip(tmp_path):
     assert image.n_frames == 4
     strip = mask_strip(np.array([0.0, 1.0]), 20)
     assert strip[5, 15, 0] > strip[5, 15, 1] and strip[5, 3, 1] > strip[5, 3, 0]  # red on, green off
+
+
+def _mask_rows(run_dir, protocol, lengths, iterations):
+    from kinetoscope.explain.run import INDEX_COLUMNS
+
+    out = run_dir / "explanations"
+    out.mkdir(parents=True)
+    with open(out / "index.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        for i, (length, steps) in enumerate(zip(lengths, iterations, strict=True)):
+            writer.writerow({"method": "temporal-mask", "video_id": f"v{i}", "clip_index": 0, "mask_length": length,
+                             "drop_ratio": 0.1 * length + 0.03 * i, "drop_difference": 0.02 * i - 0.01,
+                             "protocol": protocol, "iterations": steps})
+        writer.writerow({"method": "gradcam", "video_id": "v0", "clip_index": 0, "blob_count": 2})
+
+
+def test_study_report_compares_mask_lengths_and_flags_other_protocols(tmp_path):
+    from scipy.stats import ttest_ind
+
+    from kinetoscope.report.masks import mask_comparison_section
+
+    a, b = tmp_path / "cnn3d", tmp_path / "convlstm"
+    _mask_rows(a, "paper", [2, 3, 4], [300] * 3)
+    _mask_rows(b, "paper", [6, 8, 7, 9], [300] * 4)
+    section = mask_comparison_section({"3D CNN": a, "ConvLSTM": b})
+    assert "paper protocol: 300 fixed Adam iterations per clip, no early stop" in section
+    assert "not comparable" not in section
+    assert "<td>3D CNN</td><td>3±1</td>" in section and "<td>ConvLSTM</td><td>7.5±1.3</td>" in section
+    p = ttest_ind([2, 3, 4], [6, 8, 7, 9], equal_var=False).pvalue
+    assert f"<td>Welch p</td><td>{p:.2g}</td>" in section
+    c = tmp_path / "early"
+    _mask_rows(c, "early-stop", [1, 2], [41, 87])
+    assert "not comparable" in mask_comparison_section({"3D CNN": a, "early": c})
+    assert mask_comparison_section({"none": tmp_path / "missing"}) == ""

@@ -1,4 +1,5 @@
-"""Saliency Tubes (seed 002 §7.4, Eq. 7.1): class weights, planted regions, registered 3D CNNs."""
+"""Saliency Tubes (Stergiou 2021 §7.4, Eq. 7.1): class weights, the order of upsampling and combining,
+planted regions, registered 3D CNNs."""
 
 from __future__ import annotations
 
@@ -100,13 +101,42 @@ def test_spline_upsampling_keeps_a_constant_and_reaches_the_input_size():
     ramp = np.broadcast_to(np.arange(4.0)[None, None, :], (2, 4, 4)).copy()
     up = spline_upsample(ramp, (2, 4, 16))  # a linear ramp stays monotone under cubic splines
     assert np.all(np.diff(up[0, 0]) >= -1e-9)
+    # the per-axis matrices are scipy's cubic spline zoom of the whole volume (tensor-product spline)
+    from scipy import ndimage
+
+    volume = np.random.default_rng(0).random((3, 2, 3, 4))
+    expected = ndimage.zoom(volume, (1, 8 / 2, 12 / 3, 16 / 4), order=3, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(spline_upsample(volume, (8, 12, 16)), expected, atol=1e-9)
+    as_tensor = spline_upsample(torch.from_numpy(volume), (8, 12, 16))
+    assert isinstance(as_tensor, torch.Tensor) and torch.allclose(as_tensor, torch.from_numpy(expected), atol=1e-9)
+
+
+def test_default_order_upsamples_each_map_then_squares_and_sums():
+    """Eq. 7.1 then §7.4: z_j upsampled to the input, then tube = Σ z_j². Two overlapping maps on a 1x1x4 grid:
+    squaring before the spline (``exact=False``) changes which positions are salient."""
+    activations = torch.zeros(1, 2, 1, 1, 4)
+    activations[0, 0, 0, 0] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    activations[0, 1, 0, 0] = torch.tensor([0.0, 0.0, 0.5, 1.0])
+    weights = torch.ones_like(activations)
+    size = (1, 1, 16)
+    tube, keep = saliency_tube_volumes(activations, weights, size)  # default order
+    assert keep.tolist() == [[True, True]]
+    z = activations[0].double().numpy()  # already min-max normalised per channel
+    expected = sum(np.clip(spline_upsample(z[j], size), 0, 1) ** 2 for j in range(2))
+    np.testing.assert_allclose(tube[0], expected / expected.max(), atol=1e-6)
+    combined_first, _ = saliency_tube_volumes(activations, weights, size, exact=False)
+    shortcut = spline_upsample((z**2).sum(axis=0), size)
+    np.testing.assert_allclose(combined_first[0], np.clip(shortcut, 0, None) / shortcut.max(), atol=1e-6)
+    salient, salient_shortcut = tube[0, 0, 0] > 0.5, combined_first[0, 0, 0] > 0.5
+    assert not np.array_equal(salient, salient_shortcut)  # the order changes the salient region
+    assert np.abs(tube - combined_first).max() > 0.15
 
 
 def test_exact_mode_agrees_with_the_fast_mode_on_where_the_tube_peaks():
     model = ColourDetectors()
     clip = red_green_clip()
-    fast = explain_saliency_tubes(model, [clip], target=0)
-    exact = explain_saliency_tubes(model, [clip], target=0, exact=True)
+    fast = explain_saliency_tubes(model, [clip], target=0, exact=False)
+    exact = explain_saliency_tubes(model, [clip], target=0)
     assert fast.heatmaps.shape == exact.heatmaps.shape == (1, 8, 32, 32)
     assert np.abs(fast.heatmaps - exact.heatmaps).max() < 0.1
     assert fast.values[0]["kept_channels"] == 1 and fast.values[0]["target"] == 0

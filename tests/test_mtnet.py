@@ -1,6 +1,7 @@
-"""MTConv / MTBlock / MTNet (seed 002 §5.3, Eqs. 5.1-5.4, Tables 5.1, 5.6, 6.1b): the channel split, the
-local branch, the prolonged branch recomputed from its equations, δ = 1 as a plain conv, parameter counts
-(and their δ trend) against the thesis tables, and a training step."""
+"""MTConv / MTBlock / MTNet (Stergiou 2021 §5.3, Eqs. 5.1-5.4, Tables 5.1, 5.6, 5.7, 6.1b, 6.2): the channel
+split, the local branch, the prolonged branch recomputed from its equations, the (2+1)D factorisation,
+δ = 1 as a plain conv, shared frame selection, parameter counts against the thesis tables, and a training
+step."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kinetoscope.layers import MTConv, select_frames, soft_pool3d
+from kinetoscope.layers.conv2plus1d import Conv2Plus1D
+from kinetoscope.layers.frame_select import gather_frames, triplet_cosine_indices
 from kinetoscope.layers.gates import ExactGRU
-from kinetoscope.layers.mtconv import split_channels
+from kinetoscope.layers.mtconv import prolonged_pool, split_channels
 from kinetoscope.models import create_model
 from kinetoscope.models.mtnet import MTBlock, MTNet
 
@@ -54,36 +57,79 @@ def test_mtconv_follows_equations_5_2_to_5_4() -> None:
 
 
 def test_mtconv_with_delta_one_is_a_plain_convolution() -> None:
+    """δ = 1: one (2+1)D conv (1x3x3 then 3x1x1, nothing between) + BN + ReLU; dense: one 3x3x3 conv."""
     torch.manual_seed(1)
-    conv = MTConv(8, 8, 3, 1, delta=1.0).eval()
-    plain = nn.Conv3d(8, 8, 3, padding=1, bias=False)
-    plain.weight.data.copy_(conv.local_conv.weight)
     x = torch.randn(1, 8, 4, 6, 6)
+    conv = MTConv(8, 8, 3, 1, delta=1.0).eval()
+    assert isinstance(conv.local_conv, Conv2Plus1D) and conv.local_conv.bn is None
+    spatial, temporal = conv.local_conv.spatial.weight, conv.local_conv.temporal.weight
+    assert spatial.shape == (8, 8, 1, 3, 3) and temporal.shape == (8, 8, 3, 1, 1)  # mid width = out width
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), F.relu(conv.local_bn(plain(x))))
-    assert count(conv) == 8 * 8 * 27 + 2 * 8
+        factorised = F.conv3d(F.conv3d(x, spatial, padding=(0, 1, 1)), temporal, padding=(1, 0, 0))
+        torch.testing.assert_close(conv(x), F.relu(conv.local_bn(factorised)))
+    assert count(conv) == 8 * 8 * 9 + 8 * 8 * 3 + 2 * 8
+
+    dense = MTConv(8, 8, 3, 1, delta=1.0, factorised=False).eval()
+    plain = nn.Conv3d(8, 8, 3, padding=1, bias=False)
+    plain.weight.data.copy_(dense.local_conv.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), F.relu(dense.local_bn(plain(x))))
+    assert count(dense) == 8 * 8 * 27 + 2 * 8
     with pytest.raises(ValueError, match="delta"):
         MTConv(8, 8, delta=0.0)
+    with pytest.raises(ValueError, match="square"):
+        MTConv(8, 8, (3, 3, 1))
+
+
+def test_factorised_branch_is_a_separable_3x3x3_kernel() -> None:
+    """With one channel the (2+1)D branch is the dense conv whose kernel is the outer product of the two."""
+    torch.manual_seed(4)
+    conv = Conv2Plus1D(1, 1, 1, mid_norm=False)
+    kernel = conv.temporal.weight.reshape(3, 1, 1) * conv.spatial.weight.reshape(1, 3, 3)
+    x = torch.randn(2, 1, 5, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), F.conv3d(x, kernel.view(1, 1, 3, 3, 3), padding=1))
 
 
 def test_mtconv_parameter_count_and_depthwise_groups() -> None:
     c, local, prolonged = 54, 47, 7
     point_wise = local * prolonged + 2 * prolonged  # 1x1x1 L -> P conv + its BN
+    factorised = local * local * 12 + 2 * local + prolonged * prolonged * 12 + 2 * prolonged + point_wise
+    assert count(MTConv(c, c)) == factorised  # 9 (1x3x3) + 3 (3x1x1) weights per channel pair
     dense = local * local * 27 + 2 * local + prolonged * prolonged * 27 + 2 * prolonged + point_wise
-    assert count(MTConv(c, c)) == dense
+    assert count(MTConv(c, c, factorised=False)) == dense
     depthwise = local * 27 + 2 * local + prolonged * 27 + 2 * prolonged + point_wise
-    assert count(MTConv(c, c, groups=c)) == depthwise
+    assert count(MTConv(c, c, groups=c, factorised=False)) == depthwise
+    assert count(MTConv(c, c, groups=c)) == depthwise - 15 * (local + prolonged)  # 9 + 3 instead of 27
     with pytest.raises(ValueError, match="groups"):
         MTConv(54, 54, groups=4)
 
 
 def test_shared_selection_keeps_the_same_frames_for_both_summands() -> None:
+    """Eq. 5.4 selects frames of ``x_P`` and of ``a_L`` separately; ``share_selection`` uses ``x_P``'s choice for
+    both. Recomputed on an input where the two choices differ."""
     torch.manual_seed(2)
     x = torch.randn(1, 8, 8, 4, 4)
-    for share in (False, True):
-        conv = MTConv(8, 8, share_selection=share).eval()
-        with torch.no_grad():
-            assert conv(x).shape == (1, 8, 8, 4, 4)
+    separate = MTConv(8, 8, delta=0.5).eval()
+    shared = MTConv(8, 8, delta=0.5, share_selection=True).eval()
+    shared.load_state_dict(separate.state_dict())
+    with torch.no_grad():
+        x_l, x_p = x[:, :4], x[:, 4:]
+        a_l = F.relu(separate.local_bn(separate.local_conv(x_l)))
+        pooled_p, pooled_l = prolonged_pool(x_p), prolonged_pool(a_l)
+        frames_p, frames_l = triplet_cosine_indices(pooled_p), triplet_cosine_indices(pooled_l)
+        assert not torch.equal(frames_p, frames_l)  # the case where sharing changes the result
+
+        def prolonged_output(frames_for_local: torch.Tensor) -> torch.Tensor:
+            z_p = separate.prolonged_bn(separate.prolonged_conv(gather_frames(pooled_p, frames_p)))
+            selected_l = gather_frames(pooled_l, frames_for_local)
+            z_lp = separate.local_to_prolonged_bn(separate.local_to_prolonged(selected_l))
+            return F.interpolate(F.relu(z_lp) + F.relu(z_p), size=(8, 4, 4), mode="trilinear", align_corners=False)
+
+        torch.testing.assert_close(shared(x)[:, 4:], prolonged_output(frames_p))
+        torch.testing.assert_close(separate(x)[:, 4:], prolonged_output(frames_l))
+        assert not torch.allclose(shared(x)[:, 4:], separate(x)[:, 4:])
+        torch.testing.assert_close(shared(x)[:, :4], separate(x)[:, :4])  # the local branch is untouched
 
 
 def test_spatial_size_one_and_single_frame_pass_through() -> None:
@@ -115,28 +161,57 @@ def build_meta(name: str, **options) -> MTNet:
 
 
 def test_parameter_counts_against_the_thesis_tables() -> None:
-    """The thesis' 25.8M (S, M) / 50.1M (L) are not derivable from the layout (spec §2.2); recorded here are
-    this layout's counts and the relations that do hold."""
-    s, m, l = (count(build_meta(f"mtnet_{v}")) for v in "sml")
-    assert s == m == 47_963_616
-    assert l == 102_096_428
-    assert l / m == pytest.approx(50.1 / 25.8, rel=0.15)  # L is about twice S/M, as reported
-    assert count(build_meta("mtnet_m", depthwise=True)) == 8_344_302
+    """Stergiou 2021 Tables 5.1, 5.6, 6.2, 6.3: MTNet_S = MTNet_M = 25.8M — the (2+1)D layout of Table 6.1b.
+    MTNet_L (50.1M) and the CR totals disagree with the layout; the model docstring records how."""
+    s, m = (count(build_meta(f"mtnet_{v}")) for v in "sm")
+    assert s == m == 25_861_356
+    assert abs(m - 25.8e6) < 0.1e6
     gru = sum(n * 2 * (6 * c * c + 6 * c) for n, c in zip((3, 5, 11, 7), STAGE_WIDTHS, strict=True))
     model = build_meta("mtnet_m")
     assert sum(count(block.sr) for block in model.modules() if isinstance(block, MTBlock)) == gru == 4_504_608
     cr = count(build_meta("mtnet_m_cr")) - m
-    assert cr == 2048 * sum(STAGE_WIDTHS) + sum(STAGE_WIDTHS) == 737_640  # ≈ 0.74M reported
+    assert cr == 2048 * sum(STAGE_WIDTHS) + sum(STAGE_WIDTHS) == 737_640  # "+0.76M" in the text
+    assert abs(m + cr - 26.5e6) < 0.1e6  # Tables 6.2, 6.3: MTNet_S/M (CR) 26.5M
+    # L: the layout's count, not the reported 50.1M (docs/deviations.md); about twice M, as reported.
+    l = count(build_meta("mtnet_l"))
+    assert l == 54_098_528
+    assert l / m == pytest.approx(50.1 / 25.8, rel=0.1)
     assert count(build_meta("mtnet_l_cr")) - l == cr
+    # The dense 3x3x3 option and the depth-wise one.
+    assert count(build_meta("mtnet_m", factorised=False)) == 47_963_616
+    assert count(build_meta("mtnet_m", factorised=False, depthwise=True)) == 8_344_302
 
 
-def test_delta_sweep_parameter_trend_matches_table_5_6() -> None:
-    """Table 5.6: parameters fall from δ = 1 to a minimum at δ = 1/2 and rise symmetrically after."""
-    params = {d: count(build_meta("mtnet_m", delta=d)) for d in (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)}
-    assert params[1.0] > params[0.875] > params[0.75] > params[0.625] > params[0.5]
-    assert params[0.5] < params[0.375] < params[0.25]
-    assert params[0.375] == pytest.approx(params[0.625], rel=0.01)
-    assert params[0.25] == pytest.approx(params[0.75], rel=0.01)
+TABLE_5_6_M = {1.0: 29.7, 0.875: 25.8, 0.75: 21.8, 0.625: 19.3, 0.5: 18.6, 0.375: 19.2, 0.25: 21.0}
+TABLE_5_6_L = {1.0: 53.5, 0.875: 50.1, 0.75: 45.3, 0.5: 42.7, 0.375: 45.3, 0.25: 47.8}
+
+
+def test_delta_sweep_follows_table_5_6() -> None:
+    """Table 5.6, MTNet_M: every δ within 1.5M of the reported count, the minimum at δ = 1/2. MTNet_L's row
+    keeps its order and minimum (its values inherit the L disagreement)."""
+    params = {d: count(build_meta("mtnet_m", delta=d)) for d in TABLE_5_6_M}
+    for delta, reported in TABLE_5_6_M.items():
+        assert abs(params[delta] - reported * 1e6) <= 1.5e6, (delta, params[delta], reported)
+    assert min(params, key=params.get) == min(TABLE_5_6_M, key=TABLE_5_6_M.get) == 0.5
+    large = {d: count(build_meta("mtnet_l", delta=d)) for d in TABLE_5_6_L}
+    order = sorted(TABLE_5_6_L, key=TABLE_5_6_L.get)
+    assert order[0] == 0.5 and sorted(large, key=large.get)[0] == 0.5
+    falling = [1.0, 0.875, 0.75, 0.5]
+    assert all(large[a] > large[b] for a, b in zip(falling, falling[1:], strict=False))
+    assert large[0.5] < large[0.375] < large[0.25]
+
+
+def test_cell_type_deltas_of_table_5_7_are_those_of_a_one_layer_recurrent_net() -> None:
+    """Table 5.7 (MTNet_M, δ = 7/8): RNN 24.3M, LSTM 26.5M, GRU 25.8M. The differences to GRU (-1.5M, +0.7M)
+    are a one-layer SR's; the GRU total is the two-layer SR's (§5.3.2, the default)."""
+    def delta(cell: str, layers: int) -> int:
+        return count(build_meta("mtnet_m", cell=cell, sr_layers=layers)) - count(
+            build_meta("mtnet_m", sr_layers=layers)
+        )
+
+    assert abs(delta("lstm", 1) - 0.7e6) < 0.1e6 and abs(delta("rnn", 1) + 1.5e6) < 0.1e6
+    assert delta("lstm", 2) == 2 * delta("lstm", 1) and delta("rnn", 2) == 2 * delta("rnn", 1)
+    assert abs(count(build_meta("mtnet_m", sr_layers=2)) - 25.8e6) < 0.1e6  # the total needs two layers
 
 
 def test_variants_declare_their_inputs() -> None:

@@ -35,6 +35,9 @@ def test_study_writes_the_table_5_6_layout_and_a_report(tiny_study):
     assert "Cross-domain table (train 2Dot)" in report and "rr vs h" in report
     study = json.loads((tiny_study / "study.json").read_text())
     assert any("source clips" in n for n in study["notes"])  # the report says what was reduced
+    # and which digits the MNIST domains used (no MNIST copy given: the bundled scikit-learn digits)
+    assert "Digits used — MNIST: scikit-learn&#x27;s bundled handwritten digits" in report
+    assert "images 1200-1796 (597 images, the test pool)" in report and "not MNIST" in report
 
 
 def test_study_resume_skips_finished_runs_and_adds_new_widths(tiny_study):

@@ -270,6 +270,31 @@ def test_idx_files_are_read_and_used_as_separate_pools(tmp_path):
         assert _find_digit(clip[0], pool)
 
 
+def test_mnist_copy_named_by_the_environment_is_used_and_reported(tmp_path, monkeypatch):
+    from kinetoscope.suites.temporal_shapes import digits_note
+    from kinetoscope.synth import generate_temporal_shapes
+    from kinetoscope.synth.digits import MNIST_ENV, describe_digits
+
+    rng = np.random.default_rng(1)
+    mnist = tmp_path / "mnist-idx"
+    mnist.mkdir()
+    _write_idx(mnist / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), True)
+    _write_idx(mnist / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), True)
+    assert "bundled" in describe_digits(None, "test") and "not MNIST" in describe_digits(None, "test")
+    monkeypatch.setenv(MNIST_ENV, str(mnist))
+    videos, _, _ = temporal_shapes(2, "mnist", digit_pool="test")  # no digits argument: the environment's
+    pool = load_digits_pool(mnist, "test", 14)
+    assert all(_find_digit(clip[0], pool) for clip in videos[..., 0])
+    data = {}
+    for domain, split in (("mnist-bg", "trainval"), ("mnist", "test"), ("2dot", "test")):
+        data[domain] = generate_temporal_shapes(tmp_path / "data" / domain, domain=domain, num=5, split=split, size=32,
+                                                frames=4, gifs=0)
+    note = digits_note(data)
+    assert f"MNIST-bg: MNIST train digits from {mnist / 'train-images-idx3-ubyte.gz'} (6 images" in note
+    assert f"MNIST: MNIST test digits from {mnist / 't10k-images-idx3-ubyte.gz'} (4 images" in note
+    assert "2Dot" not in note
+
+
 def test_missing_or_malformed_idx_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
         temporal_shapes(1, "mnist", digits=tmp_path, digit_pool="test")

@@ -98,6 +98,9 @@ def demo(
     seed: int = 0,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming finished steps.")] = False,
     accelerator: Accelerator = None,
+    digits: Annotated[Path | None, typer.Option(help="Directory with MNIST IDX files for the MNIST domains "
+                                                     "(default $KINETOSCOPE_MNIST, else scikit-learn's "
+                                                     "bundled digits).")] = None,
 ) -> None:
     """Temporal Shapes in minutes: generate, train a 3D CNN and a ConvLSTM, evaluate, report.
 
@@ -105,7 +108,7 @@ def demo(
     from kinetoscope.suites.demo import run_demo
 
     _accelerator(accelerator)
-    report = run_demo(out_dir, quick=quick, seed=seed, overwrite=overwrite)
+    report = run_demo(out_dir, quick=quick, seed=seed, overwrite=overwrite, digits=digits)
     out.print(f"report: [bold]{report}[/]  (open it in a browser)")
 
 
@@ -122,8 +125,9 @@ def synth_temporal_shapes(
     size: int = 64,
     seed: int = 0,
     val_fraction: Annotated[float, typer.Option(help="Validation share of a 'trainval' split.")] = 0.2,
-    digits: Annotated[Path | None, typer.Option(help="Directory with MNIST IDX files (default: "
-                                                     "scikit-learn's bundled digits).")] = None,
+    digits: Annotated[Path | None, typer.Option(help="Directory with MNIST IDX files, gzip or raw (default: "
+                                                     "$KINETOSCOPE_MNIST, else scikit-learn's bundled "
+                                                     "digits).")] = None,
     exact_width: Annotated[bool, typer.Option(help="Draw the 2dot square exactly 2 px wide (the authors' "
                                                    "code draws 3 px).")] = False,
     gifs: Annotated[int, typer.Option(help="Preview GIFs to write.")] = 5,
@@ -572,6 +576,9 @@ def suite_temporal_shapes(
                                                                       "e.g. --set train_num=1000.")] = None,
     overwrite: bool = False,
     accelerator: Accelerator = None,
+    digits: Annotated[Path | None, typer.Option(help="Directory with MNIST IDX files for the MNIST domains "
+                                                     "(default $KINETOSCOPE_MNIST, else scikit-learn's "
+                                                     "bundled digits).")] = None,
 ) -> None:
     """The Temporal Shapes cross-domain study (seed 000 §5.3): accuracy and rr per family and width."""
     _accelerator(accelerator)
@@ -580,7 +587,7 @@ def suite_temporal_shapes(
     width_list = [int(w) for w in widths.split(",")] if widths else None
     report = run_temporal_shapes_study(out_dir, tuple(family) if family else ("convlstm", "cnn3d"), width_list,
                                        source, scale, seed, settings=_settings(settings) or None,
-                                       overwrite=overwrite)
+                                       overwrite=overwrite, digits=digits)
     out.print(f"report: [bold]{report}[/]")
 
 

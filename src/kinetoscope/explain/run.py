@@ -35,7 +35,7 @@ from kinetoscope.utils import atomic_write_bytes, atomic_write_json, atomic_writ
 INDEX_COLUMNS = [
     "method", "video_id", "clip_index", "label", "target", "target_name", "original_score", "freeze_score",
     "reverse_score", "mask_length", "drop_ratio", "drop_difference", "blob_count", "blob_size",
-    "centre_distance", "gif", "sheet", "arrays", "mask",
+    "centre_distance", "gif", "sheet", "arrays", "mask", "protocol", "iterations",
 ]
 
 
@@ -124,6 +124,11 @@ def _read_index(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def read_index(explanations_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of ``<explanations_dir>/index.csv`` (empty when there is none)."""
+    return _read_index(Path(explanations_dir) / "index.csv")
 
 
 def _write_index(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -300,6 +305,18 @@ def _number(value: str, digits: int = 3) -> str:
     return f"{number:.{digits}f}" if not number.is_integer() else f"{int(number)}"
 
 
+def mask_protocol_notes(rows: Sequence[dict[str, str]]) -> list[str]:
+    """``<p>`` lines naming the protocol(s) the temporal masks in ``rows`` (``index.csv``) were learned with."""
+    from kinetoscope.explain.temporal_mask import protocol_label
+
+    protocols: dict[str, int] = {}  # protocol -> iterations (early-stop rows differ: the largest)
+    for row in rows:
+        if row.get("method") == "temporal-mask":
+            protocol = row.get("protocol") or "unrecorded"
+            protocols[protocol] = max(protocols.get(protocol, 0), int(float(row.get("iterations") or 0)))
+    return [f"<p class='muted'>Temporal masks: {html.escape(protocol_label(p, n))}.</p>" for p, n in protocols.items()]
+
+
 def explanations_section(run_dir: str | Path, max_clips: int = 8) -> str:
     """An HTML snippet for ``report.html``: per-method statistics and the first ``max_clips`` clip
     animations (GIFs as data URIs). Empty string when the run has no explanations."""
@@ -309,6 +326,7 @@ def explanations_section(run_dir: str | Path, max_clips: int = 8) -> str:
         return ""
     stats = json.loads((out_dir / "statistics.json").read_text()) if (out_dir / "statistics.json").is_file() else {}
     parts = ["<h3>Explanations</h3>"]
+    parts += mask_protocol_notes(rows)
     methods = stats.get("methods", {})
     if methods:
         names = sorted({k for v in methods.values() for k in v})

@@ -1,11 +1,17 @@
-"""Statistics of explanations and the comparison of two models (seed 001 [P] §4.3, Tables 3–4; spec
-``broome-and-manttari.md`` §3.3 and ambiguities 9–10).
+"""Statistics of explanations and the comparison of two models (Mänttäri 2020 §4.3, Tables 3–4).
 
-* **Blobs** (ambiguity 9): each Grad-CAM frame is min-max normalised, thresholded at 0.5, and split
-  into 8-connected components (``cv2.connectedComponentsWithStats``); a blob's size is its area in
-  pixels and its position its centroid. ``detector="simple"`` uses ``cv2.SimpleBlobDetector``
-  instead (size = area of the keypoint's circle). Per clip: **blob count** = mean blobs per frame,
-  **blob size** and **centre distance** (px to the frame centre) = means over all the clip's blobs.
+* **Blobs**: "the blob detection tool from OpenCV" (Mänttäri 2020 §4.3, Table 3 caption) —
+  ``cv2.SimpleBlobDetector`` (``detector="simple"``, the default) on each Grad-CAM frame min-max
+  normalised to 0-255: bright blobs, binarised at thresholds from ``threshold`` (0.5 of the range) to the
+  maximum in steps of 10 grey levels, kept when found at two or more of them (OpenCV's default
+  repeatability); no circularity, convexity or inertia filter, any area from 1 px to the whole frame
+  (OpenCV's default cap of 5000 px would drop large blobs). A blob's position is the keypoint and its
+  size the area of the keypoint's circle, ``π (size / 2)²`` px. The paper gives no detector settings;
+  these are recorded in docs/deviations.md ("Blob detector settings"). ``detector="components"`` is the
+  alternative: 8-connected components of the map thresholded at ``threshold``
+  (``cv2.connectedComponentsWithStats``; size = area in pixels, position = centroid).
+  Per clip: **blob count** = mean blobs per frame, **blob size** and **centre distance** (px to the frame
+  centre) = means over all the clip's blobs.
 * **Mask length** = frames with ``m > 0.5``; **drop ratio** ``(OS - FS) / (OS - RS)`` over the
   clips that pass the 0.001 filter, **drop difference** ``RS - FS`` over all clips.
 * Two models are compared with Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``).
@@ -37,8 +43,11 @@ def _normalise(frame: np.ndarray) -> np.ndarray:
     return ((frame - low) / (high - low)).astype(np.float32)
 
 
+BLOB_DETECTORS = ("simple", "components")
+
+
 def frame_blobs(heatmap: np.ndarray, threshold: float = 0.5,
-                detector: str = "components") -> list[tuple[float, float, float]]:
+                detector: str = "simple") -> list[tuple[float, float, float]]:
     """Blobs of one frame's map ``[H, W]``: ``[(area_px, centre_x, centre_y), ...]``."""
     import cv2
 
@@ -55,15 +64,17 @@ def frame_blobs(heatmap: np.ndarray, threshold: float = 0.5,
         params.filterByColor, params.blobColor = True, 255
         params.minThreshold, params.maxThreshold, params.thresholdStep = threshold * 255, 255, 10
         params.filterByArea, params.minArea = True, 1
+        params.maxArea = float(norm.shape[0] * norm.shape[1])
         params.filterByCircularity = params.filterByConvexity = params.filterByInertia = False
         found = cv2.SimpleBlobDetector_create(params).detect((norm * 255).astype(np.uint8))
         return [(math.pi * (k.size / 2) ** 2, float(k.pt[0]), float(k.pt[1])) for k in found]
-    raise ValueError(f"detector={detector!r}; expected 'components' or 'simple'")
+    raise ValueError(f"detector={detector!r}; expected one of {', '.join(BLOB_DETECTORS)}")
 
 
-def blob_statistics(heatmaps: np.ndarray, threshold: float = 0.5, detector: str = "components") -> dict[str, float]:
+def blob_statistics(heatmaps: np.ndarray, threshold: float = 0.5, detector: str = "simple") -> dict[str, float]:
     """Blob count (mean per frame), blob size (mean px) and centre distance (mean px) of one clip's
-    Grad-CAM maps ``[T, H, W]``. Size and distance are NaN when no frame has a blob."""
+    Grad-CAM maps ``[T, H, W]`` with ``detector`` ("simple" = OpenCV's SimpleBlobDetector, the paper's;
+    "components" = connected components). Size and distance are NaN when no frame has a blob."""
     heatmaps = np.asarray(heatmaps)
     if heatmaps.ndim != 3:
         raise ValueError(f"heatmaps must be [T, H, W]; got shape {heatmaps.shape}")
@@ -117,7 +128,7 @@ def _cell(summary: dict[str, float], digits: int = 2) -> str:
 
 def comparison_table(per_model: Mapping[str, Mapping[str, Sequence[float]]],
                      statistics: Sequence[str] = STATISTICS) -> tuple[list[str], list[list[Any]]]:
-    """A table shaped like [P] Tables 3–4: one row per model of ``mean±std`` per statistic; with
+    """A table shaped like Mänttäri 2020 Tables 3–4: one row per model of ``mean±std`` per statistic; with
     exactly two models a last row of Welch p-values. ``per_model[name][statistic]`` are per-clip
     values (NaN = filtered). Returns ``(header, rows)``."""
     present = [s for s in statistics if any(s in v for v in per_model.values())]

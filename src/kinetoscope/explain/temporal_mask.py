@@ -1,5 +1,4 @@
-"""Temporal masks: which frames does a video model need? (seed 001 [P] §3.1, seed 000 [T] §5.2;
-spec ``broome-and-manttari.md`` §3.1 and ambiguities 1–7, 10).
+"""Temporal masks: which frames does a video model need? (Mänttäri 2020 §3.1, §4.3; Broomé 2022 §5.2).
 
 A mask ``m = sigmoid(z) in [0, 1]^T`` perturbs the clip over time:
 
@@ -11,34 +10,44 @@ A mask ``m = sigmoid(z) in [0, 1]^T`` perturbs the clip over time:
 
 ``z`` minimises ``L = λ1 ||m||_1 + λ2 TV_β(m) + F_c(x')`` with ``F_c`` the softmax score of the target
 class (the predicted class unless given), ``TV_β(m) = Σ_{u=1}^{T-2} |m_{u-1} - m_u|^β + |m_{u+1} - m_u|^β``,
-β = 3, λ1 = 0.01, λ2 = 0.02, Adam lr 0.2, at most 300 iterations. ``z`` starts at ±5 on the
+β = 3, λ1 = 0.01, λ2 = 0.02, Adam lr 0.2, 300 iterations. ``z`` starts at ±5 on the
 **central initialisation**: the smallest centred mask that still removes ≥ 90 % of the drop of the
-full freeze (ambiguity 5: the last size meeting the criterion — the authors' code keeps the first
-that fails, ``legacy_off_by_one=True``). FS and RS are recomputed with the final mask (ambiguity 6);
-RS uses the mask learned with freeze (ambiguity 3). ``m > 0.5`` is the binary mask and its count the
-mask length (ambiguity 7). Drop ratio ``(OS - FS) / (OS - RS)`` is NaN when ``OS - RS <= 0.001`` or
-``OS - FS <= 0.001``; drop difference ``RS - FS`` is kept for every clip (ambiguity 10).
+full freeze (the last size meeting the criterion — the authors' code keeps the first that fails,
+``legacy_off_by_one=True``). FS and RS are recomputed with the final mask; RS uses the mask learned
+with freeze. ``m > 0.5`` is the binary mask and its count the mask length. Drop ratio
+``(OS - FS) / (OS - RS)`` is NaN when ``OS - RS <= 0.001`` or ``OS - FS <= 0.001``; drop difference
+``RS - FS`` is kept for every clip. These choices where the documents are silent or differ from the
+authors' code: docs/deviations.md, "Temporal masks".
 
-Note on the seed's freeze example: [T] §5.2 prints the mask ``[0,0,0,1,1,1,1,1,1,0,…]`` (on at 4–9,
+Note on Broomé 2022's freeze example: §5.2 prints the mask ``[0,0,0,1,1,1,1,1,1,0,…]`` (on at 4–9,
 1-based) with the result ``[1,2,3,3,3,3,3,3,9,…]``, which freezes only frames 4–8; the recursion the
 same page gives as pseudo-code produces that result for the mask on at 4–8, and
 ``[1,2,3,3,3,3,3,3,3,10,…]`` for the mask on at 4–9. The tests check the recursion.
 
+**Protocols** (``protocol=``, :data:`MASK_PROTOCOLS`):
+
+* ``"paper"`` (default) — every clip runs the same fixed number of Adam iterations (300), no early stop.
+  Mänttäri 2020 §4.3 compares the two models' masks "using the same number of iterations"; mask lengths,
+  drop ratios and final losses of different models are only comparable this way, so every comparison of
+  masks between models in kinetoscope (the demo, ``report.html``, ``benchmarks/temporal_mask.py``) uses it.
+* ``"early-stop"`` — the fast mode: a clip stops when ``|ΔL| < tolerance`` (1e-5, the stopping rule of
+  the authors' code) and leaves the batch. Fewer iterations, but a model whose loss flattens sooner gets
+  a less settled mask, so its lengths are not comparable with another model's.
+
 Two implementations compute the same thing:
 
-* :func:`temporal_mask_reference` — the published protocol: one clip at a time, 300 fixed Adam
+* :func:`temporal_mask_reference` — the published procedure: one clip at a time, 300 fixed Adam
   iterations (``torch.optim.Adam``, ``loss.backward()`` through a model whose parameters keep
   ``requires_grad``), the freeze recursion as a Python loop over frames, the central
   initialisation one forward pass per candidate.
-* :func:`temporal_mask` — the fast path: many clips per forward/backward with the model in eval mode
+* :func:`temporal_mask` — the batched path: many clips per forward/backward with the model in eval mode
   and its parameters frozen; freeze for all clips at once (the recurrence stepped over T, or as
   one ``[T, T]`` weight matrix per clip — the recurrence unrolled,
   ``x'_t = Σ_{s<=t} (1 - m_s) Π_{r=s+1}^{t} m_r x_s`` with ``m_0`` taken as 0 — which is exact but
   slower on CPU), reverse as one gather with a run-reversing permutation; all
   central-initialisation candidates in one batched pass; Adam written out per clip (the
-  ``torch.optim.Adam`` update, elementwise) so a clip stops when ``|ΔL| < 1e-5`` (the authors'
-  stopping rule) and leaves the batch.
-  ``benchmarks/temporal_mask.py`` measures both.
+  ``torch.optim.Adam`` update, elementwise) so that under ``"early-stop"`` a clip can leave the batch.
+  ``benchmarks/temporal_mask.py`` measures both, under both protocols.
 """
 
 from __future__ import annotations
@@ -63,6 +72,21 @@ from kinetoscope.explain.base import (
 from kinetoscope.registry import EXPLAINERS
 
 PERTURBATIONS = ("freeze", "reverse")
+PAPER_ITERATIONS = 300
+MASK_PROTOCOLS = {
+    "paper": "the same fixed number of Adam iterations for every clip (Mänttäri 2020 §4.3: 300), no early stop",
+    "early-stop": "fast mode: each clip stops when |ΔL| < tolerance (masks of different models not comparable)",
+}
+
+
+def protocol_label(protocol: str, iterations: int) -> str:
+    """One line for reports: the protocol and iteration count a set of masks was learned with."""
+    if protocol == "paper":
+        changed = "" if iterations == PAPER_ITERATIONS else f" (the paper: {PAPER_ITERATIONS})"
+        return f"paper protocol: {iterations} fixed Adam iterations per clip{changed}, no early stop"
+    if protocol == "early-stop":
+        return f"early-stop (fast) mode: at most {iterations} Adam iterations, stopped at |ΔL| < tolerance"
+    return "protocol and iterations not recorded (masks made before kinetoscope recorded them)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,12 +125,12 @@ def freeze_weights(mask: torch.Tensor) -> torch.Tensor:
 
 
 def apply_freeze(clips: torch.Tensor, mask: torch.Tensor, method: str = "recurrence") -> torch.Tensor:
-    """Freeze perturbation ([P] §3.1): ``x'_t = (1 - m_t) x_t + m_t x'_{t-1}``, ``x'_0 = x_0``.
+    """Freeze perturbation (Mänttäri 2020 §3.1): ``x'_t = (1 - m_t) x_t + m_t x'_{t-1}``, ``x'_0 = x_0``.
 
     ``clips [B, C, T, H, W]``, ``mask [B, T]`` (or ``[T]``) in [0, 1] -> ``[B, C, T, H, W]``;
     differentiable in ``mask``. ``method="recurrence"`` steps the recurrence over T with all clips at
     once (T fused elementwise ops); ``"matrix"`` applies :func:`freeze_weights` as one batched matmul
-    over time. Both give the seed's recursion (bit for bit on binary masks); on CPU the recurrence is
+    over time. Both give the documents' recursion (bit for bit on binary masks); on CPU the recurrence is
     the faster (the matrix form costs T times the arithmetic), which ``benchmarks/temporal_mask.py``
     reports.
     """
@@ -126,7 +150,7 @@ def apply_freeze(clips: torch.Tensor, mask: torch.Tensor, method: str = "recurre
 
 
 def freeze_reference(clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The freeze recursion as the seed's pseudo-code: a Python loop over frames, one clip at a time."""
+    """The freeze recursion as Broomé 2022 §5.2's pseudo-code: a Python loop over frames, one clip at a time."""
     mask = _batched_mask(clips, mask)
     out = []
     for clip, m in zip(clips, mask, strict=True):
@@ -156,7 +180,7 @@ def reverse_permutation(mask: torch.Tensor, threshold: float = 0.1) -> tuple[tor
 
 
 def apply_reverse(clips: torch.Tensor, mask: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """Reverse perturbation ([P] §3.1; spec ambiguity 2): each contiguous run of frames with
+    """Reverse perturbation (Mänttäri 2020 §3.1; the blend is the authors' code's): each contiguous run of frames with
     ``m > threshold`` is reversed in place with the soft pair blend
     ``x'[a_u] = (1 - m[a_u]) x[a_u] + m[a_u] x[a_{-u-1}]``; frames outside runs are unchanged.
 
@@ -172,7 +196,7 @@ def apply_reverse(clips: torch.Tensor, mask: torch.Tensor, threshold: float = 0.
 
 
 def reverse_reference(clips: torch.Tensor, mask: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """Reverse perturbation as the seed's procedure: find the runs, loop over each run's pairs."""
+    """Reverse perturbation as the paper's procedure: find the runs, loop over each run's pairs."""
     mask = _batched_mask(clips, mask)
     out = []
     for clip, m in zip(clips, mask, strict=True):
@@ -240,7 +264,7 @@ def choose_central(ratios: list[float], legacy_off_by_one: bool = False) -> int:
 
     Scans i upwards and stops at the first ``r < 0.9``; keeps the last size that met the criterion
     (0, the full mask, if i = 1 fails already). ``legacy_off_by_one`` keeps the failing size instead,
-    as the authors' code does (spec ambiguity 5).
+    as the authors' code does (docs/deviations.md, "Temporal masks").
     """
     for i, ratio in enumerate(ratios, start=1):
         if not ratio >= 0.9:  # NaN counts as failing
@@ -267,7 +291,8 @@ class TemporalMaskResult:
     ``original_score`` / ``freeze_score`` / ``reverse_score [B]`` (OS, FS, RS: softmax score of the
     target class), ``drop_ratio [B]`` (NaN where filtered), ``drop_difference [B]`` (RS - FS),
     ``target [B]``, ``iterations [B]`` (Adam steps taken), ``init_off [B]`` (frames switched off at
-    each end by the central initialisation), ``loss [B]`` (final objective).
+    each end by the central initialisation), ``loss [B]`` (final objective), ``protocol`` (the key of
+    :data:`MASK_PROTOCOLS` it was learned under).
     """
 
     mask: torch.Tensor
@@ -283,6 +308,7 @@ class TemporalMaskResult:
     init_off: torch.Tensor
     loss: torch.Tensor
     perturbation: str = "freeze"
+    protocol: str = "paper"
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict of numbers per clip."""
@@ -297,6 +323,7 @@ class TemporalMaskResult:
                 "drop_ratio": float(self.drop_ratio[b]),
                 "drop_difference": float(self.drop_difference[b]),
                 "iterations": int(self.iterations[b]),
+                "protocol": self.protocol,
                 "mask": " ".join(f"{v:.3f}" for v in self.mask[b].tolist()),
             })
         return out
@@ -305,7 +332,7 @@ class TemporalMaskResult:
 def drop_statistics(original: torch.Tensor, freeze: torch.Tensor, reverse: torch.Tensor,
                     min_drop: float = 0.001) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop ratio ``(OS - FS) / (OS - RS)`` (NaN where ``OS - RS <= min_drop`` or ``OS - FS <= min_drop``)
-    and drop difference ``RS - FS`` ([P] §4.3; spec ambiguity 10)."""
+    and drop difference ``RS - FS`` (Mänttäri 2020 §4.3; docs/deviations.md, "Temporal masks")."""
     freeze_drop, reverse_drop = original - freeze, original - reverse
     keep = (reverse_drop > min_drop) & (freeze_drop > min_drop)
     ratio = torch.where(keep, freeze_drop / reverse_drop.where(keep, torch.ones_like(reverse_drop)),
@@ -314,13 +341,14 @@ def drop_statistics(original: torch.Tensor, freeze: torch.Tensor, reverse: torch
 
 
 def _finish(mask, original, freeze, reverse, target, iterations, init_off, loss, perturbation,
-            mask_threshold, min_drop) -> TemporalMaskResult:
+            mask_threshold, min_drop, protocol="paper") -> TemporalMaskResult:
     ratio, difference = drop_statistics(original, freeze, reverse, min_drop)
     binary = mask > mask_threshold
     return TemporalMaskResult(
         mask=mask, binary_mask=binary, mask_length=binary.sum(dim=1), original_score=original,
         freeze_score=freeze, reverse_score=reverse, drop_ratio=ratio, drop_difference=difference,
         target=target, iterations=iterations, init_off=init_off, loss=loss, perturbation=perturbation,
+        protocol=protocol,
     )
 
 
@@ -352,12 +380,13 @@ def temporal_mask(
     perturbation: str = "freeze",
     *,
     stream: str | None = None,
+    protocol: str = "paper",
     lambda1: float = 0.01,
     lambda2: float = 0.02,
     beta: float = 3.0,
     lr: float = 0.2,
-    iterations: int = 300,
-    tolerance: float | None = 1e-5,
+    iterations: int = PAPER_ITERATIONS,
+    tolerance: float = 1e-5,
     init: str = "central",
     init_logit: float = 5.0,
     legacy_off_by_one: bool = False,
@@ -367,14 +396,20 @@ def temporal_mask(
     score: str = "softmax",
     batch_size: int = 32,
 ) -> TemporalMaskResult:
-    """Learn a temporal mask per clip, fast path (module docstring; [P] §3.1).
+    """Learn a temporal mask per clip, batched (module docstring; Mänttäri 2020 §3.1).
 
     ``clips [B, C, T, H, W]`` (two-stream models: a list in ``model.streams`` order or a dict, and
     ``stream`` names the perturbed one). ``target``: None (predicted class), an int or one class per
     clip. ``perturbation`` is the one the mask is learned with; FS and RS are both reported.
-    ``tolerance=None`` runs all ``iterations``; ``init="central"`` or ``"full"`` (all frames on).
-    Clips are processed ``batch_size`` at a time. Returns a :class:`TemporalMaskResult`.
+    ``protocol="paper"`` runs all ``iterations`` (300) for every clip; ``"early-stop"`` stops a clip at
+    ``|ΔL| < tolerance``. ``init="central"`` or ``"full"`` (all frames on). Clips are processed
+    ``batch_size`` at a time. Returns a :class:`TemporalMaskResult`.
     """
+    if protocol not in MASK_PROTOCOLS:
+        raise ValueError(f"temporal mask protocol={protocol!r}; expected one of {', '.join(MASK_PROTOCOLS)}")
+    if iterations < 1:
+        raise ValueError(f"temporal mask: iterations={iterations} must be >= 1")
+    stop_at = tolerance if protocol == "early-stop" else None
     inputs = [t.detach() for t in as_stream_list(model, clips)]
     index = stream_index(model, stream)
     x = inputs[index]
@@ -434,7 +469,7 @@ def temporal_mask(
                     (grad,) = torch.autograd.grad(loss.sum(), zr)
                 loss = loss.detach().cpu()
                 final_loss[rows] = loss
-                done = (loss - previous[rows]).abs() < tolerance if tolerance is not None else \
+                done = (loss - previous[rows]).abs() < stop_at if stop_at is not None else \
                     torch.zeros_like(loss, dtype=torch.bool)
                 previous[rows] = loss
                 move = rows[~done]
@@ -460,7 +495,7 @@ def temporal_mask(
             reverse_scores = _scores_in_chunks(forward, apply_reverse(x, mask, reverse_threshold), all_rows,
                                                target, batch_size, score).cpu()
     return _finish(mask.cpu(), original, freeze_scores, reverse_scores, target, steps_taken, init_off,
-                   final_loss, perturbation, mask_threshold, min_drop)
+                   final_loss, perturbation, mask_threshold, min_drop, protocol)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,7 +513,7 @@ def temporal_mask_reference(
     lambda2: float = 0.02,
     beta: float = 3.0,
     lr: float = 0.2,
-    iterations: int = 300,
+    iterations: int = PAPER_ITERATIONS,
     init_logit: float = 5.0,
     legacy_off_by_one: bool = False,
     reverse_threshold: float = 0.1,
@@ -486,7 +521,7 @@ def temporal_mask_reference(
     min_drop: float = 0.001,
     score: str = "softmax",
 ) -> TemporalMaskResult:
-    """The published protocol, for tests and ``benchmarks/temporal_mask.py``: one clip at a time,
+    """The published procedure (the paper protocol), for tests and ``benchmarks/temporal_mask.py``: one clip at a time,
     ``iterations`` fixed ``torch.optim.Adam`` steps with ``loss.backward()``, the freeze recursion as
     a Python loop, central initialisation scanned one candidate at a time."""
     inputs = [tensor.detach() for tensor in as_stream_list(model, clips)]
@@ -558,13 +593,15 @@ def temporal_mask_reference(
 
 @EXPLAINERS.register("temporal-mask")
 def explain_temporal_mask(model: nn.Module, inputs: list[torch.Tensor], *, target: Any = None,
-                          stream: str | None = None, perturbation: str = "freeze", iterations: int = 300,
-                          tolerance: float | None = 1e-5, batch_size: int = 32,
+                          stream: str | None = None, perturbation: str = "freeze", protocol: str = "paper",
+                          iterations: int = PAPER_ITERATIONS, tolerance: float = 1e-5, batch_size: int = 32,
                           legacy_off_by_one: bool = False) -> Explanation:
-    """Explainer ``temporal-mask``: :func:`temporal_mask` on a batch; ``perturbed`` is the freeze of
-    each clip with its final mask (the third panel of [P] Fig. 2)."""
-    result = temporal_mask(model, inputs, target, perturbation, stream=stream, iterations=iterations,
-                           tolerance=tolerance, batch_size=batch_size, legacy_off_by_one=legacy_off_by_one)
+    """Explainer ``temporal-mask``: :func:`temporal_mask` on a batch (``protocol`` "paper" = fixed
+    iterations, or "early-stop"); ``perturbed`` is the freeze of each clip with its final mask (the third
+    panel of Mänttäri 2020 Fig. 2)."""
+    result = temporal_mask(model, inputs, target, perturbation, stream=stream, protocol=protocol,
+                           iterations=iterations, tolerance=tolerance, batch_size=batch_size,
+                           legacy_off_by_one=legacy_off_by_one)
     x = inputs[stream_index(model, stream)]
     with torch.no_grad():
         frozen = apply_freeze(x, result.mask.to(x))
@@ -573,6 +610,8 @@ def explain_temporal_mask(model: nn.Module, inputs: list[torch.Tensor], *, targe
 
 
 __all__ = [
+    "MASK_PROTOCOLS",
+    "PAPER_ITERATIONS",
     "TemporalMaskResult",
     "apply_freeze",
     "apply_reverse",
@@ -582,6 +621,7 @@ __all__ = [
     "freeze_reference",
     "freeze_weights",
     "mask_loss",
+    "protocol_label",
     "reverse_permutation",
     "reverse_reference",
     "temporal_mask",

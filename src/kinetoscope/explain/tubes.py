@@ -1,5 +1,5 @@
-"""Saliency Tubes: class-weighted activation volumes of a 3D CNN's last conv layer (seed 002 ch. 7 §7.4,
-Eq. 7.1; spec ``stergiou.md`` §3.1).
+"""Saliency Tubes: class-weighted activation volumes of a 3D CNN's last conv layer (Stergiou 2021 §7.4,
+Eq. 7.1, Fig. 7.5).
 
 For the activations ``a`` (C' × T' × H' × W') of the explained layer and class ``i`` (default the
 predicted one):
@@ -7,13 +7,17 @@ predicted one):
     z_{i→j} = minmax_R( f(a_j) ),   f(a_j) = y_{i,j} ⊗ a_j          (Eq. 7.1; constant maps -> 0)
     tube_i  = Σ_{j ∉ E} z_{i→j}²                                     (§7.4)
 
-Channels in ``E`` are dropped: the thesis introduces a threshold τ without a rule; the spec keeps a
+Channels in ``E`` are dropped: the thesis introduces a threshold τ without a rule; kinetoscope keeps a
 channel when ``y_{i,j} > 0`` (a negative weight would invert its map) and ``minmax_j(y_{i,j} · mean a_j) ≥ τ``
 (default τ = 0, i.e. every positively weighted channel). The tube is upsampled to the input with cubic
 (C², order-3) splines, first over H, W and then over T (Fig. 7.5; ``scipy.ndimage.zoom`` per axis).
-By default the squares are summed at the layer's resolution and the sum is upsampled once;
-``exact=True`` upsamples each ``z_j``, clips it to [0, 1] and then squares and sums (the literal
-order, C' spline passes). The result is min-max normalised over the whole tube to [0, 1].
+**Order** (``exact=True``, the default): the thesis' — each normalised map ``z_{i→j}`` is upsampled to
+``T x H x W`` (§7.4: "we use third-order spline interpolation ... to fit the input"), clipped to [0, 1]
+(a cubic spline overshoots), and only then squared and summed. Squaring does not commute with the
+spline, so this differs from the shortcut ``exact=False`` — square and sum at the layer's resolution,
+upsample the sum once (one spline pass instead of one per kept channel; ``benchmarks/saliency_tubes.py``
+measures both) — wherever two maps overlap between knots. The result is min-max normalised over the
+whole tube to [0, 1].
 
 Class weights. The thesis reads ``y_{i,j}`` from the fully connected layer that follows global average
 pooling of ``a``. Kinetoscope obtains them for any model from the gradient of the class logit with
@@ -27,6 +31,7 @@ released code (plain CAM, one min-max, no τ, no squares): the thesis is followe
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -49,17 +54,34 @@ from kinetoscope.explain.gradcam import explain_layer_name, resolve_layer
 from kinetoscope.registry import EXPLAINERS
 
 
-def spline_upsample(volume: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """Cubic-spline (order 3, C²) upsampling of ``[..., T', H', W'] -> [..., T, H, W]``: H and W first,
-    then T (seed 002 Fig. 7.5). Knots sit at the centres of the coarse cells (``grid_mode``)."""
+@functools.lru_cache(maxsize=64)
+def spline_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The cubic-spline (order 3, C²) resampling of one axis from ``n_in`` to ``n_out`` samples as a matrix
+    ``[n_in, n_out]``: row i is ``scipy.ndimage.zoom`` of the i-th unit impulse (knots at the centres of
+    the coarse cells, ``grid_mode``; edges continued with ``mode="nearest"``). The spline is linear in its
+    knots and separable over axes, so a volume is resampled by one matrix product per axis."""
+    if n_in == n_out:
+        return np.eye(n_in)
+    return ndimage.zoom(np.eye(n_in), (1, n_out / n_in), order=3, mode="nearest", grid_mode=True)
+
+
+def spline_upsample(volume: np.ndarray | torch.Tensor, size: tuple[int, int, int]) -> np.ndarray | torch.Tensor:
+    """Cubic-spline upsampling of ``[..., T', H', W'] -> [..., T, H, W]`` (Stergiou 2021 Fig. 7.5: H and W,
+    then T — the order does not change a tensor-product spline). NumPy in, NumPy out; a tensor stays a
+    tensor (on its device, in its dtype)."""
     frames, height, width = size
-    lead = volume.ndim - 3
     t0, h0, w0 = volume.shape[-3:]
-    spatial = ndimage.zoom(volume, (1,) * lead + (1, height / h0, width / w0), order=3, mode="nearest",
-                           grid_mode=True)
-    if t0 == frames:
-        return spatial
-    return ndimage.zoom(spatial, (1,) * lead + (frames / t0, 1, 1), order=3, mode="nearest", grid_mode=True)
+    as_numpy = not isinstance(volume, torch.Tensor)
+    x = torch.from_numpy(np.asarray(volume, dtype=np.float64)) if as_numpy else volume
+
+    def matrix(n_in: int, n_out: int) -> torch.Tensor:
+        return torch.from_numpy(spline_matrix(n_in, n_out)).to(device=x.device, dtype=x.dtype)
+
+    x = x @ matrix(w0, width)  # [..., T', H', W]
+    x = (x.transpose(-1, -2) @ matrix(h0, height)).transpose(-1, -2)  # [..., T', H, W]
+    if t0 != frames:
+        x = (x.movedim(-3, -1) @ matrix(t0, frames)).movedim(-1, -3)  # [..., T, H, W]
+    return x.numpy() if as_numpy else x
 
 
 def layer_class_weights(
@@ -119,23 +141,24 @@ def saliency_tube_volumes(
     weights: torch.Tensor,
     size: tuple[int, int, int],
     tau: float = 0.0,
-    exact: bool = False,
-    chunk: int = 64,
+    exact: bool = True,
+    chunk: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tubes ``[B, T, H, W]`` in [0, 1] and the kept-channel mask ``[B, C']`` from activations and
-    per-position class weights (both ``[B, C', T', H', W']``)."""
+    per-position class weights (both ``[B, C', T', H', W']``). ``exact``: upsample each map, then square
+    and sum (Eq. 7.1's order, default); ``False``: square and sum, then upsample once."""
     keep = tube_channels(activations, weights, tau)
     z = minmax(weights * activations, (2, 3, 4)) * keep[:, :, None, None, None]  # Eq. 7.1
     tubes = []
     for b in range(z.shape[0]):
         if not exact:
-            tube = spline_upsample((z[b] ** 2).sum(dim=0).double().cpu().numpy(), size)
+            tube = spline_upsample((z[b] ** 2).sum(dim=0).double(), size)
         else:
-            kept = z[b, keep[b]].double().cpu().numpy()
-            tube = np.zeros(size, dtype=np.float64)
+            kept = z[b, keep[b]].double()
+            tube = kept.new_zeros(size)
             for start in range(0, kept.shape[0], chunk):
-                tube += (np.clip(spline_upsample(kept[start:start + chunk], size), 0.0, 1.0) ** 2).sum(axis=0)
-        tube = np.clip(tube, 0.0, None)
+                tube += spline_upsample(kept[start:start + chunk], size).clamp_(0.0, 1.0).square_().sum(dim=0)
+        tube = tube.clamp(min=0.0).cpu().numpy()
         peak = tube.max()
         tubes.append((tube / peak if peak > 0 else tube).astype(np.float32))
     return np.stack(tubes), keep.cpu().numpy()
@@ -149,10 +172,10 @@ def saliency_tubes(
     *,
     stream: str | None = None,
     tau: float = 0.0,
-    exact: bool = False,
+    exact: bool = True,
     batch_size: int = 8,
 ) -> torch.Tensor:
-    """Saliency Tubes ``[B, T, H, W]`` in [0, 1] for ``clips [B, C, T, H, W]`` (seed 002 §7.4).
+    """Saliency Tubes ``[B, T, H, W]`` in [0, 1] for ``clips [B, C, T, H, W]`` (Stergiou 2021 §7.4).
 
     ``target`` None = predicted class (or an int / one class per clip); ``layer`` a dotted module name
     (default ``model.explain_layer``); two-stream models: the ``stream`` to explain.
@@ -194,9 +217,10 @@ def _tubes_batched(model, clips, target, layer, *, stream, tau, exact, batch_siz
 @EXPLAINERS.register("saliency-tubes")
 def explain_saliency_tubes(model: nn.Module, inputs: list[torch.Tensor], *, target: Any = None,
                            stream: str | None = None, layer: str | None = None, tau: float = 0.0,
-                           exact: bool = False) -> Explanation:
-    """Explainer ``saliency-tubes``: class-weighted activation tubes of the explained layer (seed 002
-    §7.4). Values per clip: target, number of kept channels, peak position (frame, row, column)."""
+                           exact: bool = True) -> Explanation:
+    """Explainer ``saliency-tubes``: class-weighted activation tubes of the explained layer (Stergiou 2021
+    §7.4; ``exact=False`` = combine before upsampling). Values per clip: target, number of kept channels,
+    peak position (frame, row, column)."""
     tubes, kept, targets = _tubes_batched(model, inputs, target, layer, stream=stream, tau=tau, exact=exact,
                                           batch_size=8)
     values = []

@@ -1,6 +1,7 @@
 """Reusable nn.Modules: ConvLSTM, SoftPool, temporal gates, frame selection, fusion."""
 
 from kinetoscope.layers.class_reg import ClassRegularisation  # seed 002 ch. 6
+from kinetoscope.layers.conv2plus1d import Conv2Plus1D  # Tran et al. 2018 §3.5
 from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell, reference_convlstm  # seed 000 §4
 from kinetoscope.layers.frame_select import select_frames, triplet_cosine_scores  # seed 002 §5.3
 from kinetoscope.layers.framewise import Framewise, FramewiseSequential  # seed 000 time-distributed layers
@@ -30,6 +31,7 @@ from kinetoscope.layers.twostream import (  # seed 004 ch. 3-7
 
 __all__ = [
     "ClassRegularisation",
+    "Conv2Plus1D",
     "ConvLSTM",
     "ConvLSTMCell",
     "CycleConsistencyGate",

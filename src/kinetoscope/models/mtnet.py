@@ -1,5 +1,5 @@
-"""MTNet S/M/L: X3D backbones whose blocks are MTBlocks — seed 002, Stergiou thesis §5.3 (Fig. 5.2,
-Table 5.1) and §6.4.1 (Table 6.1b); spec ``stergiou.md`` §2.2. ``*_cr`` adds Class Regularisation (ch. 6).
+"""MTNet S/M/L: X3D backbones whose blocks are MTBlocks — Stergiou 2021 §5.3 (Fig. 5.2, Table 5.1) and
+§6.4.1 (Table 6.1b). ``*_cr`` adds Class Regularisation (Stergiou 2021 ch. 6).
 
 Layout (Table 6.1b, X3D's skeleton from :mod:`kinetoscope.models.x3d`): stem 1x3x3 conv to 24 channels,
 spatial stride 2, depth-wise 5x1x1, BN, ReLU; four stages of MTBlocks, inner/out widths 54/24, 108/48,
@@ -7,27 +7,43 @@ spatial stride 2, depth-wise 5x1x1, BN, ReLU; four stages of MTBlocks, inner/out
 strides space by 2 (and projects the shortcut); head 1x1x1 conv to 432, BN, ReLU, global average pool,
 FC 2048 + ReLU, dropout, FC N.
 
-MTBlock (Fig. 5.2): ``1x1x1 conv, BN, ReLU -> MTConv 3x3x3 (δ = 7/8) -> 1x1x1 conv, BN -> SR (2-layer GRU)
+MTBlock (Fig. 5.2): ``1x1x1 conv, BN, ReLU -> MTConv (δ = 7/8) -> 1x1x1 conv, BN -> SR (two-layer GRU)
 -> + shortcut -> ReLU``; no squeeze-excitation, no swish. The SR runs on the residual branch's output (after
-the last 1x1x1 + BN, before the sum), one SR over all channels (ambiguity 6; the author's code has one per
-branch). GRU cells follow Eq. 5.10 (``exact_gru=True``; ``False`` = ``nn.GRU`` fast path).
+the last 1x1x1 + BN, before the sum), one SR over all channels (docs/deviations.md, "MTBlock SR input").
+GRU cells follow Eq. 5.10 (``exact_gru=True``; ``False`` = ``nn.GRU`` fast path).
+
+**(2+1)D MTConvs** (default, ``factorised=True``): Table 6.1b heads its MTNet_M column "(2+1)D MTNet_M".
+Each MTConv branch's 3x3x3 conv is a 1x3x3 conv followed by a 3x1x1 conv, intermediate width = output
+width, nothing in between (:mod:`kinetoscope.layers.mtconv`). That layout has exactly the thesis' size:
+MTNet_M **25,861,356** parameters at 400 classes (Tables 5.1, 5.6, 6.2: 25.8M), and its δ sweep follows
+Table 5.6 within 1.5M with the minimum at δ = 1/2. ``factorised=False`` gives the dense 3x3x3 MTConvs
+(47,963,616 for S/M); ``depthwise=True`` X3D's channel-wise conv per branch.
 
 S and M are one network; they differ in input, 13x182² (S, Table 6.3) vs 16x256² (M, L) — ``default_input``.
 
-Parameter counts (400 classes; tests/test_mtnet.py) vs the thesis (Tables 5.1, 5.5, 6.2, 6.3):
+Parameter counts at 400 classes (tests/test_mtnet.py) against Stergiou 2021:
 
-| model  | dense MTConv (default) | depth-wise MTConv | thesis | CR adds (here / thesis) |
-|--------|------------------------|-------------------|--------|-------------------------|
-| S / M  | 47,963,616             | 8,344,302         | 25.8M  | 737,640 / 0.7M (26.5M)  |
-| L      | 102,096,428            | 16,057,418        | 50.1M  | 737,640 / 0.9-1.1M      |
+| model                      | here       | thesis                                        |
+|----------------------------|------------|-----------------------------------------------|
+| S / M                      | 25,861,356 | 25.8M (Tables 5.1, 5.6, 6.2, 6.3)             |
+| S / M + CR                 | 26,598,996 | 26.5M (Tables 6.2, 6.3); "+0.76M" (text)      |
+| L                          | 54,098,528 | 50.1M (Tables 5.1, 5.6, 6.2)                  |
+| M δ = 1, 7/8, 3/4, 5/8     | 30.6, 25.9, 22.5, 20.4M | 29.7, 25.8, 21.8, 19.3M (Table 5.6) |
+| M δ = 1/2, 3/8, 1/4        | 19.8, 20.5, 22.5M       | 18.6, 19.2, 21.0M (Table 5.6)       |
+| L δ = 1, 7/8, 3/4          | 64.4, 54.1, 46.7M       | 53.5, 50.1, 45.3M (Table 5.6)       |
+| L δ = 1/2, 3/8, 1/4        | 40.9, 42.3, 46.8M       | 42.7, 45.3, 47.8M (Table 5.6)       |
+| M, SR cell RNN / LSTM / GRU | 22.9 / 27.4 / 25.9M    | 24.3 / 26.5 / 25.8M (Table 5.7)     |
 
-(SR with two-layer GRUs is 4,504,608 of the S/M count. δ sweep, dense, M: δ = 1 58.9M, 7/8 48.0M, 3/4 40.2M,
-5/8 35.5M, 1/2 33.9M, 3/8 35.5M, 1/4 40.2M — the thesis' shape (29.7 ... 18.6 ... 21.0M, minimum at 1/2).)
+Where the thesis disagrees with itself (docs/deviations.md, "MTNet parameter counts"):
 
-The reported counts are not derivable from the described layout (spec §2.2): dense 3x3x3 MTConvs give
-about twice, depth-wise ones (X3D's channel-wise conv) about a third. ``groups`` / ``depthwise`` stay
-configurable; the default is the dense conv the thesis describes (Table 6.1b's "3x3x3 MTConv with 54
-channels"). The trends hold: L ≈ 2x S/M, CR adds ``2048·360 + 360`` parameters independent of the backbone.
+* **MTNet_L**: the layout that gives M the reported 25.8M gives L (Table 6.1b: depths 5/10/25/15, the
+  same widths) 54.1M, not the reported 50.1M: L/M is 2.09 here vs 1.94 reported, and Table 5.6's L row is
+  flatter than its M row (δ = 1 is +7% over 7/8 for L, +15% for M). L's count here is the layout's.
+* **Table 5.7's cell-type deltas** (LSTM +0.7M, RNN -1.5M vs GRU) are those of a *one-layer* recurrent net
+  (``sr_layers=1``: +0.75M / -1.50M), while the GRU total 25.8M needs a *two-layer* one (``sr_layers=2``,
+  the default: +1.50M / -3.00M), as do the SR counts of Table 4.2 (r3d-34: +20.18M = two LSTM layers).
+* **CR**: adds ``2048·360 + 360 = 737,640`` parameters independent of the backbone (text: "+0.76M",
+  tables: +0.7M for S/M, +1.1M / +0.9M for L in Tables 6.2 / 6.3).
 """
 
 from __future__ import annotations
@@ -53,9 +69,12 @@ class MTBlock(nn.Module):
         inner_width: int,
         out_width: int,
         spatial_stride: int = 1,
+        *,
         delta: float = 0.875,
         groups: int = 1,
+        factorised: bool = True,
         cell: str = "gru",
+        sr_layers: int = 2,
         exact_gru: bool = True,
         share_selection: bool = False,
     ):
@@ -66,11 +85,18 @@ class MTBlock(nn.Module):
         self.bn_a = nn.BatchNorm3d(inner_width)
         self.relu = nn.ReLU(inplace=True)
         self.mtconv = MTConv(
-            inner_width, inner_width, 3, stride, delta=delta, groups=groups, share_selection=share_selection
+            inner_width,
+            inner_width,
+            3,
+            stride,
+            delta=delta,
+            groups=groups,
+            factorised=factorised,
+            share_selection=share_selection,
         )
         self.conv_c = nn.Conv3d(inner_width, out_width, kernel_size=1, bias=False)
         self.bn_c = nn.BatchNorm3d(out_width)
-        self.sr = SqueezeRecursion(out_width, cell=cell, exact_gru=exact_gru)
+        self.sr = SqueezeRecursion(out_width, cell=cell, num_layers=sr_layers, exact_gru=exact_gru)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -91,6 +117,7 @@ class MTNet(nn.Module):
         depths: Sequence[int],
         num_classes: int = 400,
         in_channels: int = 3,
+        *,
         stem_width: int = 24,
         widths: Sequence[int] = (24, 48, 96, 192),
         bottleneck_factor: float = 2.25,
@@ -99,7 +126,9 @@ class MTNet(nn.Module):
         delta: float = 0.875,
         groups: int = 1,
         depthwise: bool = False,
+        factorised: bool = True,
         cell: str = "gru",
+        sr_layers: int = 2,
         exact_gru: bool = True,
         share_selection: bool = False,
         class_regularisation: bool = False,
@@ -129,7 +158,9 @@ class MTNet(nn.Module):
                         spatial_stride=2 if b == 0 else 1,
                         delta=delta,
                         groups=inner_width if depthwise else groups,
+                        factorised=factorised,
                         cell=cell,
+                        sr_layers=sr_layers,
                         exact_gru=exact_gru,
                         share_selection=share_selection,
                     )
@@ -205,7 +236,9 @@ def _builder(variant: str, class_regularisation: bool):
         delta: float = 0.875,
         groups: int = 1,
         depthwise: bool = False,
+        factorised: bool = True,
         cell: str = "gru",
+        sr_layers: int = 2,
         exact_gru: bool = True,
         share_selection: bool = False,
     ) -> MTNet:
@@ -218,7 +251,9 @@ def _builder(variant: str, class_regularisation: bool):
             delta=delta,
             groups=groups,
             depthwise=depthwise,
+            factorised=factorised,
             cell=cell,
+            sr_layers=sr_layers,
             exact_gru=exact_gru,
             share_selection=share_selection,
         )
@@ -227,8 +262,8 @@ def _builder(variant: str, class_regularisation: bool):
     build.__name__ = f"mtnet_{variant}{suffix}"
     build.__doc__ = (
         f"MTNet_{variant.upper()}{' with Class Regularisation' if class_regularisation else ''} "
-        f"(seed 002 §5.3{', ch. 6' if class_regularisation else ''}); input {_INPUTS[variant][1]}x"
-        f"{_INPUTS[variant][2]}²."
+        f"(Stergiou 2021 §5.3{', ch. 6' if class_regularisation else ''}); (2+1)D MTConvs by default; "
+        f"input {_INPUTS[variant][1]}x{_INPUTS[variant][2]}²."
     )
     return build
 

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kinetoscope.layers.conv2plus1d import Conv2Plus1D
 from kinetoscope.layers.init import he_fan_out_init_
 from kinetoscope.registry import register_model
 
@@ -81,53 +82,6 @@ class Conv3DNoTemporal(nn.Conv3d):
     @staticmethod
     def downsample_stride(stride: int) -> tuple[int, int, int]:
         return (1, stride, stride)
-
-
-class Conv2Plus1D(nn.Module):
-    """(2+1)D convolution: spatial 1xkxk to ``mid_planes``, BN, ReLU, temporal ktx1x1 (Tran et al. §3.5).
-
-    ``[B, C_in, T, H, W] -> [B, C_out, T/temporal_stride, H/stride, W/stride]``. The BN and ReLU between the
-    two convs are the extra non-linearity the paper credits for part of the gain over R3D.
-    """
-
-    def __init__(
-        self,
-        in_planes: int,
-        out_planes: int,
-        mid_planes: int,
-        stride: int = 1,
-        *,
-        spatial_kernel: int = 3,
-        temporal_kernel: int = 3,
-        temporal_stride: int | None = None,
-    ):
-        super().__init__()
-        temporal_stride = stride if temporal_stride is None else temporal_stride
-        self.spatial = nn.Conv3d(
-            in_planes,
-            mid_planes,
-            kernel_size=(1, spatial_kernel, spatial_kernel),
-            stride=(1, stride, stride),
-            padding=(0, spatial_kernel // 2, spatial_kernel // 2),
-            bias=False,
-        )
-        self.bn = nn.BatchNorm3d(mid_planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.temporal = nn.Conv3d(
-            mid_planes,
-            out_planes,
-            kernel_size=(temporal_kernel, 1, 1),
-            stride=(temporal_stride, 1, 1),
-            padding=(temporal_kernel // 2, 0, 0),
-            bias=False,
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.temporal(self.relu(self.bn(self.spatial(x))))
-
-    @staticmethod
-    def downsample_stride(stride: int) -> tuple[int, int, int]:
-        return (stride, stride, stride)
 
 
 ConvBuilder = type[Conv3DSimple] | type[Conv3DNoTemporal] | type[Conv2Plus1D]

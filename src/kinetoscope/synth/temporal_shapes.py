@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kinetoscope.synth.digits import POOLS, load_digits_pool
+from kinetoscope.synth.digits import BUNDLED, POOLS, describe_digits, load_digits_pool, resolve_digits_source
 from kinetoscope.synth.perlin import fractal_noise_stack
 
 CLASSES = ["circle", "spiral", "line", "rectangle", "arc"]  # the code's ids 0..4
@@ -316,10 +316,12 @@ def temporal_shapes(
 
     Returns ``(videos, labels, class_names)``: videos uint8 ``[N, T, H, W, 1]`` (T = ``frames``,
     H = W = ``size``), labels int64 ``[N]`` indexing ``class_names`` (CLASSES order, restricted to
-    ``classes`` if given). ``digits``: ``None`` for scikit-learn's bundled digits or a directory of
-    MNIST IDX files; ``digit_pool`` ``"train"``/``"test"`` picks disjoint digit pools and an
-    independent random stream. Clip ``i`` is the same for every ``num`` > ``i``.
+    ``classes`` if given). ``digits``: a directory of MNIST IDX files, or ``None`` for
+    ``$KINETOSCOPE_MNIST`` if set, else scikit-learn's bundled digits; ``digit_pool``
+    ``"train"``/``"test"`` picks disjoint digit pools and an independent random stream. Clip ``i`` is the
+    same for every ``num`` > ``i``.
     """
+    digits = resolve_digits_source(digits)
     config = _config(domain, seed, frames, size, digits, digit_pool, classes, exact_width)
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
@@ -402,6 +404,7 @@ def generate_temporal_shapes(
         raise ValueError(f"split must be a non-empty name without commas or spaces around it, got {split!r}")
     if digit_pool is None:
         digit_pool = "train" if split in ("train", "trainval") else "test"
+    digits = resolve_digits_source(digits)
     config = _config(domain, seed, frames, size, digits, digit_pool, None, exact_width)
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -449,7 +452,8 @@ def generate_temporal_shapes(
             "split": split,
             "val_fraction": val_fraction if split == "trainval" else None,
             "digit_pool": digit_pool if config.domain.digit else None,
-            "digits": (str(digits) if digits is not None else "sklearn load_digits") if config.domain.digit else None,
+            "digits": (str(digits) if digits is not None else BUNDLED) if config.domain.digit else None,
+            "digits_used": describe_digits(digits, digit_pool, config.width) if config.domain.digit else None,
             "symbol_width": config.width,
         }
     )
