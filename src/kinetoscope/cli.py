@@ -172,7 +172,7 @@ def synth_moving_objects(
 def synth_appearance_free(
     source: Annotated[Path, typer.Argument(help="A prepared or generated dataset directory.")],
     out_dir: Annotated[Path, typer.Argument(help="Output dataset directory.")],
-    flow: Annotated[str, typer.Option(help="Flow method: farneback, tvl1 or dis.")] = "farneback",
+    flow: Annotated[str, typer.Option(help="Flow method: farneback, tvl1, dis or raft.")] = "farneback",
     mode: Annotated[str, typer.Option(help="first-frame (default, the thesis) or sequential.")] = "first-frame",
     placement: Annotated[str, typer.Option(help="splat (forward placement) or sample (the authors' code).")]
     = "splat",
@@ -748,7 +748,8 @@ def models_info(
 @models_app.command("import")
 @user_errors
 def models_import(
-    name: Annotated[str, typer.Argument(help="Model name, e.g. r2plus1d_18 or x3d_s.")],
+    name: Annotated[str, typer.Argument(help="Model name, e.g. r2plus1d_18, x3d_s, or raft_large / raft_small "
+                                              "(optical flow; written to the cache flow method raft reads).")],
     file: Annotated[Path, typer.Argument(help="Checkpoint file of the other library.")],
     source: Annotated[
         str, typer.Option("--from", help="torchvision, pytorchvideo, dino or pytorch-i3d.")

@@ -132,3 +132,11 @@ def log(message: str, tag: str = "kinetoscope") -> None:
     from rich.console import Console
 
     Console(stderr=True).print(f"[bold cyan]{tag}[/] {message}", highlight=False, markup=True)
+
+
+def cache_root() -> Path:
+    """kinetoscope's per-user cache directory: ``$KINETOSCOPE_CACHE``, else ``$XDG_CACHE_HOME/kinetoscope``,
+    else ``~/.cache/kinetoscope`` (compiled kernels, imported flow weights)."""
+    if os.environ.get("KINETOSCOPE_CACHE"):
+        return Path(os.environ["KINETOSCOPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kinetoscope"

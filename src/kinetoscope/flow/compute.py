@@ -7,10 +7,14 @@
   flow of the two-stream networks of seed 004 Ch. 3–5 (*code*: ``gpu_flow`` uses Dual-TV-L1 defaults).
 * ``dis`` — ``cv2.DISOpticalFlow`` (Kroeger et al. 2016) with the ``ultrafast | fast | medium``
   presets; the fast alternative named by seed 005's digest (``ilic.md`` "flow": fallback to DIS).
+* ``raft`` — RAFT (Teed & Deng 2020), the flow of Ilic 2024 §4.3 / §4.5, implemented in
+  :mod:`kinetoscope.flow.raft` with torchvision's trained weights (imported once; not downloadable
+  here). It runs on colour frames, batched, on any torch device.
 
 A flow field ``F[t]`` is ``float32 [H, W, 2]`` = ``(u, v)`` in pixels, from frame ``t`` to frame
 ``t + 1``: the content at ``(x, y)`` in frame ``t`` is at ``(x + u, y + v)`` in frame ``t + 1``.
-Frames are converted to grayscale first (``COLOR_RGB2GRAY``; one-channel frames pass through).
+The OpenCV methods convert frames to grayscale first (``COLOR_RGB2GRAY``; one-channel frames pass
+through).
 
 Every method is registered in :data:`kinetoscope.registry.FLOW_METHODS`; a builder takes the
 method's options and returns an *estimator* ``(previous_gray, next_gray) -> float32 [H, W, 2]``.
@@ -131,6 +135,27 @@ def dis(
     return estimate
 
 
+@FLOW_METHODS.register("raft")
+def raft(
+    variant: str = "large",
+    weights: str | None = None,
+    iterations: int = 12,
+    batch_size: int = 4,
+    device: str | None = None,
+    upsample: float = 1.0,
+) -> Estimator:
+    """RAFT (Teed & Deng 2020; Ilic 2024 §4.3, §4.5) with torchvision's trained weights, imported once by
+    ``kinetoscope models import --from torchvision raft_large FILE``. ``variant``: large | small;
+    ``weights``: a ``.safetensors`` / ``.pth`` file (default ``$KINETOSCOPE_RAFT_WEIGHTS``, else the cache);
+    ``iterations``: refinement steps (12, torchvision's default); ``batch_size``: pairs per forward pass;
+    ``device``: where it runs (default CUDA when available); ``upsample``: bilinear factor applied to the
+    frames first. Frames of any size: edge-padded to a multiple of 8 and >= 128 px, flow cropped back
+    (see :mod:`kinetoscope.flow.raft`). Colour frames are used as they are."""
+    from kinetoscope.flow.raft import raft_estimator
+
+    return raft_estimator(variant, weights, iterations, batch_size, device, upsample)
+
+
 def flow_estimator(method: str = "farneback", **options: Any) -> Estimator:
     """The estimator ``(previous_gray, next_gray) -> float32 [H, W, 2]`` of a registered method.
 
@@ -162,16 +187,22 @@ def compute_flow(frames: np.ndarray, method: str = "farneback", **options: Any) 
     """Flow between consecutive frames: ``uint8 [T, H, W, C]`` -> ``float32 [T-1, H, W, 2]`` (u, v px).
 
     ``F[t]`` is the flow from frame ``t`` to frame ``t + 1``. ``method``: farneback (seed 000
-    settings by default) | tvl1 | dis; ``options`` are the method's keyword options (see
+    settings by default) | tvl1 | dis | raft (trained weights needed, see :func:`raft`); ``options``
+    are the method's keyword options (see
     ``FLOW_METHODS.options(method)``)."""
     gray = to_gray(frames)
     if gray.shape[0] < 2:
         raise ValueError(f"compute_flow needs at least 2 frames, got {gray.shape[0]}")
     estimate = flow_estimator(method, **options)
-    return _flow_of_pairs(gray, [(t, t + 1) for t in range(gray.shape[0] - 1)], estimate)
+    return _flow_of_pairs(frames, gray, [(t, t + 1) for t in range(gray.shape[0] - 1)], estimate)
 
 
-def _flow_of_pairs(gray: np.ndarray, pairs: Sequence[tuple[int, int]], estimate: Estimator) -> np.ndarray:
+def _flow_of_pairs(
+    frames: np.ndarray, gray: np.ndarray, pairs: Sequence[tuple[int, int]], estimate: Estimator
+) -> np.ndarray:
+    """Flow of each pair; a ``batched`` estimator (RAFT) gets the colour frames and all pairs at once."""
+    if getattr(estimate, "batched", False):
+        return estimate.estimate_pairs(frames, list(pairs))
     out = np.empty((len(pairs), *gray.shape[1:3], 2), dtype=np.float32)
     cache: dict[tuple[int, int], np.ndarray] = {}
     for k, pair in enumerate(pairs):
@@ -229,4 +260,4 @@ def flow_at_frames(
     frame (the last frame repeats the last pair)."""
     gray = to_gray(frames)
     pairs = flow_pairs(list(indices), gray.shape[0], pair)
-    return _flow_of_pairs(gray, pairs, flow_estimator(method, **options))
+    return _flow_of_pairs(frames, gray, pairs, flow_estimator(method, **options))

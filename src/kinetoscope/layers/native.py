@@ -43,10 +43,9 @@ _CPU_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU architec
 
 def cache_dir() -> Path:
     """Where compiled kernels are kept."""
-    if os.environ.get("KINETOSCOPE_CACHE"):
-        return Path(os.environ["KINETOSCOPE_CACHE"]) / "native"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kinetoscope" / "native"
+    from kinetoscope.utils import cache_root
+
+    return cache_root() / "native"
 
 
 def _cpu_signature() -> str:
