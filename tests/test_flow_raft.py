@@ -272,3 +272,17 @@ def test_correlation_lookup_equals_direct_dot_products():
     expected = (0.75 * 0.5 * dots[9, 6] + 0.25 * 0.5 * dots[9, 7] + 0.75 * 0.5 * dots[10, 6]
                 + 0.25 * 0.5 * dots[10, 7])
     assert float(level0) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_cli_import_writes_the_cache_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kinetoscope.cli import app
+
+    monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "raft_small_C_T_V2-01064c6d.pth"
+    torch.save(torchvision_checkpoint("small"), checkpoint)
+    result = CliRunner().invoke(app, ["models", "import", "--from", "torchvision", "raft_small", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "990,162 parameters" in result.output
+    assert read_raft_weights(tmp_path / "cache" / "raft" / "raft_small.safetensors").variant == "small"
