@@ -26,16 +26,26 @@ from kinetoscope.flow.encode import (
     unit_range,
     with_magnitude,
 )
-from kinetoscope.flow.synthetic import SyntheticMotion, endpoint_error, smooth_texture, synthetic_motion
+from kinetoscope.flow.synthetic import (
+    Layer,
+    SyntheticMotion,
+    deformation_motion,
+    endpoint_error,
+    layered_motion,
+    smooth_texture,
+    synthetic_motion,
+)
 from kinetoscope.flow.visualise import colour_wheel, flow_to_rgb
 
 __all__ = [
     "FlowSpec",
+    "Layer",
     "SyntheticMotion",
     "centred",
     "colour_wheel",
     "compute_flow",
     "decode",
+    "deformation_motion",
     "endpoint_error",
     "flow_at_frames",
     "flow_estimator",
@@ -43,6 +53,7 @@ __all__ = [
     "flow_to_rgb",
     "from_float16",
     "jpeg_clip",
+    "layered_motion",
     "match_times",
     "minmax_uint8",
     "smooth_texture",
