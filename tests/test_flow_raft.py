@@ -286,3 +286,28 @@ def test_cli_import_writes_the_cache_file(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "990,162 parameters" in result.output
     assert read_raft_weights(tmp_path / "cache" / "raft" / "raft_small.safetensors").variant == "small"
+
+
+def test_auto_uses_raft_when_imported_else_the_measured_fallback(tmp_path, monkeypatch, caplog):
+    from kinetoscope.flow import FlowSpec
+    from kinetoscope.flow.compute import AFD_FALLBACK, resolve_method
+    from kinetoscope.synth import appearance_free
+
+    monkeypatch.setenv("KINETOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.delenv("KINETOSCOPE_RAFT_WEIGHTS", raising=False)
+    with caplog.at_level("WARNING"):
+        assert resolve_method("auto") == AFD_FALLBACK
+    assert "no trained RAFT weights" in caplog.text
+    assert (FlowSpec(method="auto").method, FlowSpec(method="auto").options) == AFD_FALLBACK
+    with pytest.raises(ValueError, match="takes no options"):
+        resolve_method("auto", {"preset": "fast"})
+
+    checkpoint = tmp_path / "raft_large.pth"
+    torch.save(torchvision_checkpoint("large"), checkpoint)
+    import_torchvision_raft(checkpoint)
+    assert resolve_method("auto") == ("raft", {})
+    assert FlowSpec(method="auto").method == "raft"
+    frames = frames_moving(size=(48, 56), steps=2)
+    noise = appearance_free(frames, seed=0)  # default flow method: auto -> raft
+    expected = appearance_free(frames, seed=0, flow=compute_flow(frames, "raft"))
+    np.testing.assert_array_equal(noise, expected)

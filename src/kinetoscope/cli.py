@@ -172,7 +172,9 @@ def synth_moving_objects(
 def synth_appearance_free(
     source: Annotated[Path, typer.Argument(help="A prepared or generated dataset directory.")],
     out_dir: Annotated[Path, typer.Argument(help="Output dataset directory.")],
-    flow: Annotated[str, typer.Option(help="Flow method: farneback, tvl1, dis or raft.")] = "farneback",
+    flow: Annotated[str, typer.Option(help="Flow method: auto (raft if its weights are imported, else the "
+                                           "measured fallback, docs/flow.md), farneback, tvl1, dis or raft.")]
+    = "auto",
     mode: Annotated[str, typer.Option(help="first-frame (default, the thesis) or sequential.")] = "first-frame",
     placement: Annotated[str, typer.Option(help="splat (forward placement) or sample (the authors' code).")]
     = "splat",
@@ -633,7 +635,7 @@ def suite_appearance_free(
     out_dir: Annotated[Path, typer.Option("--out", help="Suite directory.")] = Path("runs/appearance-free"),
     model: Annotated[list[str] | None, typer.Option(help="Models to train (default cnn3d, convlstm).")] = None,
     af_data: Annotated[Path | None, typer.Option(help="An existing appearance-free version of DATA.")] = None,
-    flow: str = "farneback",
+    flow: Annotated[str, typer.Option(help="Flow method (auto: raft if imported, else the fallback).")] = "auto",
     mode: str = "first-frame",
     placement: str = "splat",
     grayscale: bool = False,

@@ -27,7 +27,8 @@ from kinetoscope.registry import FLOW_METHODS
 
 @dataclass
 class FlowSpec:
-    """How to compute the cached flow: ``method`` (farneback | tvl1 | dis) and its ``options``; ``fps``
+    """How to compute the cached flow: ``method`` (farneback | tvl1 | dis | raft, or ``auto``: RAFT when
+    its weights are found, else the measured fallback) and its ``options``; ``fps``
     the rate of the frames flow is computed between (``None``: the cached frames); ``pair`` forward |
     backward; ``magnitude`` adds ``sqrt(u² + v²)`` as a third channel (seed 000)."""
 
@@ -38,6 +39,10 @@ class FlowSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.method == "auto":  # recorded as the method it resolves to (RAFT if weights, else the fallback)
+            from kinetoscope.flow.compute import resolve_method
+
+            self.method, self.options = resolve_method(self.method, self.options)
         if self.method not in FLOW_METHODS:
             raise KeyError(
                 f"unknown flow method {self.method!r}; valid flow methods: {', '.join(FLOW_METHODS.names())}"

@@ -22,6 +22,7 @@ method's options and returns an *estimator* ``(previous_gray, next_gray) -> floa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -156,11 +157,39 @@ def raft(
     return raft_estimator(variant, weights, iterations, batch_size, device, upsample)
 
 
+# The appearance-free default without RAFT weights: the rule "most accurate of the methods within 2x of the
+# fastest" applied to benchmarks/flow.py (256², 1 thread; docs/flow.md "Which flow by default").
+AFD_FALLBACK: tuple[str, dict[str, Any]] = ("dis", {"preset": "ultrafast"})
+
+
+def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """``auto`` -> ``("raft", {})`` when trained RAFT weights are found (Ilic 2024 §4.3 uses RAFT), else
+    :data:`AFD_FALLBACK` with a logged warning; any other method is returned unchanged."""
+    options = dict(options or {})
+    if method != "auto":
+        return method, options
+    if options:
+        raise ValueError(f"flow method 'auto' takes no options (got {sorted(options)}); name the method instead")
+    from kinetoscope.flow.raft import raft_weights_path
+
+    try:
+        raft_weights_path("large")
+        return "raft", {}
+    except FileNotFoundError:
+        method, fallback = AFD_FALLBACK
+        logging.getLogger(__name__).warning(
+            "flow method 'auto': no trained RAFT weights (kinetoscope models import --from torchvision raft_large "
+            "FILE); using %s %s", method, fallback)
+        return method, dict(fallback)
+
+
 def flow_estimator(method: str = "farneback", **options: Any) -> Estimator:
-    """The estimator ``(previous_gray, next_gray) -> float32 [H, W, 2]`` of a registered method.
+    """The estimator ``(previous_gray, next_gray) -> float32 [H, W, 2]`` of a registered method
+    (``auto``: see :func:`resolve_method`).
 
     Unknown methods raise ``KeyError`` listing the valid ones; unknown options raise ``ValueError``
     listing the options the method takes."""
+    method, options = resolve_method(method, options)
     if method not in FLOW_METHODS:
         raise KeyError(
             f"unknown flow method {method!r}; valid flow methods: {', '.join(FLOW_METHODS.names())}"

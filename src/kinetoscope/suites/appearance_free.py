@@ -148,7 +148,7 @@ def run_appearance_free_suite(
     af_data: str | Path | None = None,
     model_options: dict[str, dict[str, Any]] | None = None,
     train: dict[str, Any] | None = None,
-    flow_method: str = "farneback",
+    flow_method: str = "auto",
     mode: str = "first-frame",
     placement: str = "splat",
     grayscale: bool = False,

@@ -7,7 +7,8 @@ Given frames ``I[0..T-1]``:
    as integers uniform on 0..255, i.e. ``floor(256 U)`` with ``U ~ U[0, 1)``; ``grayscale=True`` copies
    one noise channel to every channel).
 2. ``F[t-1,t]`` for every adjacent pair, with any backend of :mod:`kinetoscope.flow` (default
-   Farnebäck), or a precomputed ``flow``.
+   ``auto``: RAFT as in the thesis when its weights are imported, else the measured fallback), or a
+   precomputed ``flow``.
 3. ``R[t]`` for ``t = 1..T-1`` by moving a noise frame with that *single* inter-frame flow, nearest
    neighbour only (rounded integer displacements and an explicit validity mask):
 
@@ -95,7 +96,7 @@ def move_noise(source: np.ndarray, flow: np.ndarray, fill: np.ndarray, placement
 
 def appearance_free(
     frames: np.ndarray,
-    flow_method: str = "farneback",
+    flow_method: str = "auto",
     mode: str = "first-frame",
     placement: str = "splat",
     seed: int | np.random.SeedSequence = 0,
@@ -107,7 +108,8 @@ def appearance_free(
 
     ``flow``: precomputed ``float [T-1, H, W, 2]`` (``F[t]`` from frame t to t + 1, as
     :func:`kinetoscope.flow.compute_flow` returns); otherwise computed with ``flow_method`` and
-    ``flow_options``. ``mode``: ``first-frame`` | ``sequential``; ``placement``: ``splat`` |
+    ``flow_options`` (default ``auto``: RAFT, as in Ilic 2024 §4.3, when its trained weights are found,
+    else the fallback measured in docs/flow.md). ``mode``: ``first-frame`` | ``sequential``; ``placement``: ``splat`` |
     ``sample``; ``seed``: an int or a ``SeedSequence`` (see :func:`video_seed`)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4:
@@ -138,7 +140,7 @@ def appearance_free(
 def make_appearance_free_dataset(
     src_root: str | Path,
     out_root: str | Path,
-    flow_method: str = "farneback",
+    flow_method: str = "auto",
     mode: str = "first-frame",
     placement: str = "splat",
     seed: int = 0,
@@ -175,7 +177,7 @@ def make_appearance_free_dataset(
     out = Path(out_root)
     if out.resolve() == source.root.resolve():
         raise ValueError(f"output {out} is the source dataset; choose another directory")
-    settings = {"source": str(source.root), "flow_method": flow_method, "flow_options": dict(flow_options or {}),
+    settings = {"source": str(source.root), "flow_method": flow_spec.method, "flow_options": dict(flow_spec.options),
                 "mode": mode, "placement": placement, "seed": int(seed), "grayscale": bool(grayscale),
                 "format": "npy (lossless)"}
     store = DatasetStore(out)
