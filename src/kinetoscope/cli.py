@@ -301,7 +301,8 @@ def data_prepare(
     folder_fps: Annotated[float, typer.Option(help="Frame rate of folders of frames.")] = 25.0,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 0,
     shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos (array jobs).")] = None,
-    flow: Annotated[str | None, typer.Option(help="Also cache optical flow: farneback, tvl1 or dis.")] = None,
+    flow: Annotated[str | None, typer.Option(help="Also cache optical flow: farneback, tvl1, dis, raft or auto.")]
+    = None,
     flow_fps: Annotated[float | None, typer.Option(help="Compute flow at this rate, matched to the frames "
                                                         "(seed 000: 16 with --fps 2).")] = None,
     flow_magnitude: Annotated[bool, typer.Option(help="Add sqrt(u²+v²) as a third flow channel.")] = False,
