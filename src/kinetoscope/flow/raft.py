@@ -34,7 +34,8 @@ default that Ilic 2024 §4.5 describes, or ``raft_small_C_T_V2-01064c6d.pth``) a
 Input size: the model needs height and width divisible by 8 and at least 128 (below that the coarsest
 correlation level is one pixel wide and the lookup's normalisation divides by zero). The estimator pads
 the frames by edge replication, centred (as the RAFT authors' ``InputPadder``), to the next multiple of 8
-and at least 128 pixels, and crops the flow back; so any frame size works. ``upsample`` optionally
+and at least 128 pixels, and crops the flow back; so any frame size works (docs/deviations.md, "RAFT on
+frames smaller than 128 px"). ``upsample`` optionally
 resizes the frames bilinearly first (Ilic 2024 §4.5: "we add an up-sampling layer to the RGB images prior
 to RAFT") and maps the flow back to the frame size with its vectors divided by the factor.
 """
