@@ -1,16 +1,27 @@
-"""Flow accuracy and speed: Farnebäck (seed 000 settings) vs Dual TV-L1 vs DIS presets, side by side.
+"""Flow accuracy and speed: Farnebäck, Dual TV-L1, DIS presets and RAFT, side by side, on motions with
+known flow.
 
-Sequences with known motion (``kinetoscope.flow.synthetic_motion``: a smooth random texture moved by a
-constant translation, rotation or zoom per frame, rendered from a larger base so the true flow is
-exact). For each method: mean endpoint error (EPE, px, interior without a ``--margin`` border) per
-sequence, and frames/s over all sequences (best of ``--repeats`` timed passes, after one warm-up
-pair). Ratios are relative to Farnebäck: ``speed x`` = its frames/s over Farnebäck's, ``EPE x`` = its
-mean EPE over Farnebäck's (below 1 is more accurate).
+Sequences (``kinetoscope.flow``): ``synthetic_motion`` — a smooth random texture under one global
+translation, rotation or zoom; ``layered_motion`` ("layers") — a textured background and three textured
+ellipses, each with its own affine motion (translation; rotation; zoom), stacked with occlusion;
+``deformation_motion`` ("deform") — a smooth random non-rigid deformation with a drift. Every frame is
+rendered from the textures directly, so the true flow is exact. Scores: endpoint error (EPE, px) on the
+interior (without a ``--margin`` border) per sequence; for "layers" also inside the regions (away from
+motion boundaries, not occluded), at motion boundaries (within 2 px of a change of visible layer) and on
+occluded pixels (no correspondence in the next frame); ``EPE mean`` = the mean over the five sequences'
+interior EPE; frames/s over all sequences (best of ``--repeats`` timed passes after a warm-up pair; one
+pass for TV-L1 and RAFT). ``x fastest`` = frames/s over the fastest method's.
 
-Goal (issue 6): a method >= 10x faster than Farnebäck at equal-or-better EPE (DIS is the candidate).
-OpenCV runs on ``--threads`` threads (default 1, so the figures do not depend on what else runs).
+RAFT rows: with trained weights imported (``kinetoscope models import --from torchvision raft_large FILE``)
+the ``raft`` flow method; without them an untrained RAFT of the same size, timed only (no EPE: an untrained
+network's flow means nothing). RAFT runs on ``--device`` (default CUDA if available) with ``--threads``
+torch threads. The last lines print the accuracy/speed frontier (methods not beaten on both EPE mean and
+frames/s, fastest first) and the rule used to pick the appearance-free fallback: the most accurate method
+whose frames/s is within 2x of the fastest (``AFD_FALLBACK`` in ``kinetoscope.flow.compute``).
+OpenCV and torch run on ``--threads`` threads (default 1, so the figures do not depend on what else runs).
 
-``--sweep`` replaces the table by a search for that goal among ``cv2.DISOpticalFlow`` settings: after
+``--sweep`` replaces the table by a search, on the three global motions, for a DIS setting >= 10x faster
+than Farnebäck at equal-or-better EPE (an earlier goal) among ``cv2.DISOpticalFlow`` settings: after
 timing Farnebäck in the same run (same repeats), it evaluates a grid of about 430 DIS configurations
 (every setter set explicitly: finest scale 0-3, patch size 4-16, stride, gradient-descent iterations,
 variational refinement iterations / alpha / delta / gamma, mean normalisation, spatial propagation;
@@ -24,7 +35,8 @@ speed ratio at a worst EPE ratio <= 1. On the default sequences no DIS configura
 translation (Farnebäck EPE ~0.007 px) needs finest scale 0, which is slower than Farnebäck (~0.3x);
 at >= 10x the best worst-EPE ratio is ~4.7 (translation EPE ~0.034 px).
 
-    .venv/bin/python benchmarks/flow.py [--size 256] [--frames 9] [--threads 1] [--noise 0] [--sweep]
+    .venv/bin/python benchmarks/flow.py [--size 256] [--frames 9] [--threads 1] [--noise 0] [--skip-tvl1]
+        [--skip-raft] [--device cuda] [--sweep]
 """
 
 from __future__ import annotations
