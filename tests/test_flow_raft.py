@@ -311,3 +311,25 @@ def test_auto_uses_raft_when_imported_else_the_measured_fallback(tmp_path, monke
     noise = appearance_free(frames, seed=0)  # default flow method: auto -> raft
     expected = appearance_free(frames, seed=0, flow=compute_flow(frames, "raft"))
     np.testing.assert_array_equal(noise, expected)
+
+
+def test_convex_upsampling_takes_the_neighbour_the_mask_selects():
+    from kinetoscope.flow.raft import convex_upsample
+
+    torch.manual_seed(0)
+    flow = torch.randn(2, 2, 5, 6)
+    for k, (dy, dx) in [(4, (0, 0)), (5, (0, 1)), (1, (-1, 0))]:  # 3x3 neighbours in raster order
+        mask = torch.full((2, 9, 8, 8, 5, 6), -50.0)
+        mask[:, k] = 50.0  # all weight on neighbour k, for every sub-pixel of every cell
+        fine = convex_upsample(flow, mask.reshape(2, 576, 5, 6))
+        shifted = F.pad(flow, (1, 1, 1, 1))[:, :, 1 + dy:6 + dy, 1 + dx:7 + dx]  # zero outside
+        expected = 8 * shifted.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+        torch.testing.assert_close(fine, expected)
+    # a mask that differs per sub-pixel row lands in that row of the cell
+    mask = torch.full((1, 9, 8, 8, 5, 6), -50.0)
+    mask[:, 4] = 50.0
+    mask[:, 4, 3] = -50.0
+    mask[:, 5, 3] = 50.0  # sub-pixel row 3 takes the right neighbour
+    fine = convex_upsample(flow[:1], mask.reshape(1, 576, 5, 6))
+    torch.testing.assert_close(fine[0, :, 8 * 2 + 3, 8 * 1 + 4], 8 * flow[0, :, 2, 2])
+    torch.testing.assert_close(fine[0, :, 8 * 2 + 2, 8 * 1 + 4], 8 * flow[0, :, 2, 1])
