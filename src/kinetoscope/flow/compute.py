@@ -149,9 +149,10 @@ def raft(
     ``kinetoscope models import --from torchvision raft_large FILE``. ``variant``: large | small;
     ``weights``: a ``.safetensors`` / ``.pth`` file (default ``$KINETOSCOPE_RAFT_WEIGHTS``, else the cache);
     ``iterations``: refinement steps (12, torchvision's default); ``batch_size``: pairs per forward pass;
-    ``device``: where it runs (default CUDA when available); ``upsample``: bilinear factor applied to the
-    frames first. Frames of any size: edge-padded to a multiple of 8 and >= 128 px, flow cropped back
-    (see :mod:`kinetoscope.flow.raft`). Colour frames are used as they are."""
+    ``device``: where it runs (default: the command's ``--accelerator``; ``auto`` = CUDA when available);
+    ``upsample``: bilinear factor applied to the frames first. Frames of any size: edge-padded to a
+    multiple of 8 and >= 128 px, flow cropped back (see :mod:`kinetoscope.flow.raft`). Colour frames are
+    used as they are."""
     from kinetoscope.flow.raft import raft_estimator
 
     return raft_estimator(variant, weights, iterations, batch_size, device, upsample)

@@ -439,8 +439,8 @@ def _cached_model(path: str, modified: float, variant: str | None, device: str) 
 
 def load_raft(variant: str = "large", weights: str | Path | None = None, device: str | torch.device | None = None
               ) -> RAFT:
-    """The trained RAFT (eval mode) on ``device`` (default: CUDA when available, else CPU); the loaded
-    model is kept, so per-video calls read the file once."""
+    """The trained RAFT (eval mode) on ``device`` (default: :func:`default_device`, what the command's
+    ``--accelerator`` says); the loaded model is kept, so per-video calls read the file once."""
     path = raft_weights_path(variant, weights)
     device = str(torch.device(device) if device is not None else default_device())
     model = _cached_model(str(path.resolve()), path.stat().st_mtime, None, device)
@@ -451,7 +451,10 @@ def load_raft(variant: str = "large", weights: str | Path | None = None, device:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of ``--accelerator`` / ``$KINETOSCOPE_ACCELERATOR`` (``auto``: CUDA, then MPS, then CPU)."""
+    from kinetoscope.device import resolve_device
+
+    return resolve_device("auto")
 
 
 # ---------------------------------------------------------------------------------------------------
