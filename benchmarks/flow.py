@@ -9,8 +9,9 @@ rendered from the textures directly, so the true flow is exact. Scores: endpoint
 interior (without a ``--margin`` border) per sequence; for "layers" also inside the regions (away from
 motion boundaries, not occluded), at motion boundaries (within 2 px of a change of visible layer) and on
 occluded pixels (no correspondence in the next frame); ``EPE mean`` = the mean over the five sequences'
-interior EPE; frames/s over all sequences (best of ``--repeats`` timed passes after a warm-up pair; one
-pass for TV-L1 and RAFT). ``x fastest`` = frames/s over the fastest method's.
+interior EPE; frames/s over all sequences (the fastest of 1 + ``--repeats`` timed passes, interleaved
+over the methods so a change of machine load hits them alike; one pass for TV-L1 and RAFT).
+``x fastest`` = frames/s over the fastest method's.
 
 RAFT rows: with trained weights imported (``kinetoscope models import --from torchvision raft_large FILE``)
 the ``raft`` flow method; without them an untrained RAFT of the same size, timed only (no EPE: an untrained
@@ -313,27 +314,34 @@ def _table(args: argparse.Namespace, scenes: dict[str, Scene]) -> None:
     methods = [(label, method, options, True) for label, method, options in METHODS]
     if not args.skip_raft:
         methods += _raft_rows(args)
-    rows = []
-    for label, method, options, trained in methods:
+    runs, errors_of, best = {}, {}, {}
+    for label, method, options, trained in methods:  # accuracy pass (timed too) after a warm-up pair
         if args.skip_tvl1 and method == "tvl1":
             continue
         if method == "raft-untrained":
             run = _untrained_raft(options["variant"], options["device"])
         else:
             run = lambda video, m=method, o=options: compute_flow(video, m, **o)  # noqa: E731
-        run(next(iter(scenes.values())).video[:2])  # warm-up
-        best = float("inf")
-        slow = method in ("tvl1", "raft", "raft-untrained")
-        for _ in range(1 if slow else (3 if args.repeats is None else args.repeats)):
-            started = time.perf_counter()
-            estimates = {name: run(scene.video) for name, scene in scenes.items()}
-            best = min(best, time.perf_counter() - started)
+        run(next(iter(scenes.values())).video[:2])
+        started = time.perf_counter()
+        estimates = {name: run(scene.video) for name, scene in scenes.items()}
+        best[label] = time.perf_counter() - started
         errors = {}
         for name, scene in scenes.items():
             errors[name] = endpoint_error(estimates[name], scene.truth, margin=args.margin)
             for region, mask in scene.regions.items():
                 errors[f"{name} {region}"] = endpoint_error(estimates[name], scene.truth, args.margin, mask)
-        rows.append((label, errors if trained else None, pairs / best))
+        errors_of[label] = errors if trained else None
+        if method not in ("tvl1", "raft", "raft-untrained"):  # slow ones: the one pass
+            runs[label] = run
+    # further timed passes, interleaved over the fast methods so a change of machine load hits them alike
+    for _ in range(5 if args.repeats is None else args.repeats):
+        for label, run in runs.items():
+            started = time.perf_counter()
+            for scene in scenes.values():
+                run(scene.video)
+            best[label] = min(best[label], time.perf_counter() - started)
+    rows = [(label, errors_of[label], pairs / best[label]) for label in best]
 
     names = list(scenes)
     columns = [*names[:3], "layers", "layers inside", "layers boundary", "layers occluded", "deform"]
@@ -383,11 +391,12 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels")
     parser.add_argument("--frames", type=int, default=9, help="frames per sequence")
-    parser.add_argument("--threads", type=int, default=1, help="cv2.setNumThreads")
+    parser.add_argument("--threads", type=int, default=1, help="cv2.setNumThreads and torch.set_num_threads")
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std (grey levels) added")
     parser.add_argument("--margin", type=int, default=24, help="border excluded from the EPE")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed passes; the fastest counts (default 3, 2 with --sweep)"
+        "--repeats", type=int, default=None,
+        help="extra timed passes; the fastest counts (default 5 after the accuracy pass; 2 with --sweep)",
     )
     parser.add_argument("--skip-tvl1", action="store_true", help="leave out TV-L1 (slow)")
     parser.add_argument("--skip-raft", action="store_true", help="leave out RAFT")
