@@ -159,8 +159,9 @@ def raft(
 
 
 # The appearance-free default without RAFT weights: the rule "most accurate of the methods within 2x of the
-# fastest" applied to benchmarks/flow.py (256², 1 thread; docs/flow.md "Which flow by default").
-AFD_FALLBACK: tuple[str, dict[str, Any]] = ("dis", {"preset": "ultrafast"})
+# fastest" applied to benchmarks/flow.py (256², 1 thread: DIS fast at 0.55-0.60x of DIS ultrafast's frames/s,
+# EPE mean 0.234 vs 0.259; docs/flow.md "which flow is the default").
+AFD_FALLBACK: tuple[str, dict[str, Any]] = ("dis", {"preset": "fast"})
 
 
 def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
