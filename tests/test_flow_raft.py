@@ -302,10 +302,14 @@ def test_auto_uses_raft_when_imported_else_the_measured_fallback(tmp_path, monke
     with pytest.raises(ValueError, match="takes no options"):
         resolve_method("auto", {"preset": "fast"})
 
+    small = tmp_path / "raft_small.pth"
+    torch.save(torchvision_checkpoint("small"), small)
+    import_torchvision_raft(small)
+    assert resolve_method("auto") == ("raft", {"variant": "small"})
     checkpoint = tmp_path / "raft_large.pth"
     torch.save(torchvision_checkpoint("large"), checkpoint)
     import_torchvision_raft(checkpoint)
-    assert resolve_method("auto") == ("raft", {})
+    assert resolve_method("auto") == ("raft", {})  # the large model when both are there
     assert FlowSpec(method="auto").method == "raft"
     frames = frames_moving(size=(48, 56), steps=2)
     noise = appearance_free(frames, seed=0)  # default flow method: auto -> raft

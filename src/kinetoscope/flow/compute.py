@@ -165,8 +165,8 @@ AFD_FALLBACK: tuple[str, dict[str, Any]] = ("dis", {"preset": "fast"})
 
 
 def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """``auto`` -> ``("raft", {})`` when trained RAFT weights are found (Ilic 2024 §4.3 uses RAFT), else
-    :data:`AFD_FALLBACK` with a logged warning; any other method is returned unchanged."""
+    """``auto`` -> ``raft`` when trained RAFT weights are found (Ilic 2024 §4.3 uses RAFT; the large model,
+    else the small one), else :data:`AFD_FALLBACK` with a logged warning; other methods pass unchanged."""
     options = dict(options or {})
     if method != "auto":
         return method, options
@@ -174,15 +174,17 @@ def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[
         raise ValueError(f"flow method 'auto' takes no options (got {sorted(options)}); name the method instead")
     from kinetoscope.flow.raft import raft_weights_path
 
-    try:
-        raft_weights_path("large")
-        return "raft", {}
-    except FileNotFoundError:
-        method, fallback = AFD_FALLBACK
-        logging.getLogger(__name__).warning(
-            "flow method 'auto': no trained RAFT weights (kinetoscope models import --from torchvision raft_large "
-            "FILE); using %s %s", method, fallback)
-        return method, dict(fallback)
+    for variant in ("large", "small"):  # the large model when both are imported
+        try:
+            raft_weights_path(variant)
+            return "raft", ({} if variant == "large" else {"variant": variant})
+        except FileNotFoundError:
+            pass
+    method, fallback = AFD_FALLBACK
+    logging.getLogger(__name__).warning(
+        "flow method 'auto': no trained RAFT weights (kinetoscope models import --from torchvision raft_large "
+        "FILE); using %s %s", method, fallback)
+    return method, dict(fallback)
 
 
 def flow_estimator(method: str = "farneback", **options: Any) -> Estimator:

@@ -403,12 +403,11 @@ def raft_weights_path(variant: str = "large", weights: str | Path | None = None)
     if variant not in VARIANTS:
         raise ValueError(f"RAFT variant {variant!r} is not one of {', '.join(VARIANTS)}")
     if weights is not None:
-        candidates = [(Path(weights), "the 'weights' option")]
+        path, origin = Path(weights), "the 'weights' option"
     elif os.environ.get(WEIGHTS_ENV):
-        candidates = [(Path(os.environ[WEIGHTS_ENV]), f"${WEIGHTS_ENV}")]
+        path, origin = Path(os.environ[WEIGHTS_ENV]), f"${WEIGHTS_ENV}"
     else:
-        candidates = [(default_weights_path(variant), "the kinetoscope cache")]
-    path, origin = candidates[0]
+        path, origin = default_weights_path(variant), "the kinetoscope cache"
     if path.is_file():
         return path
     raise FileNotFoundError(
@@ -433,8 +432,8 @@ def read_raft_weights(path: str | Path, variant: str | None = None) -> RAFT:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(path: str, modified: float, variant: str | None, device: str) -> RAFT:
-    return read_raft_weights(path, variant).to(device)
+def _cached_model(path: str, modified: float, device: str) -> RAFT:
+    return read_raft_weights(path).to(device)
 
 
 def load_raft(variant: str = "large", weights: str | Path | None = None, device: str | torch.device | None = None
@@ -443,7 +442,7 @@ def load_raft(variant: str = "large", weights: str | Path | None = None, device:
     ``--accelerator`` says); the loaded model is kept, so per-video calls read the file once."""
     path = raft_weights_path(variant, weights)
     device = str(torch.device(device) if device is not None else default_device())
-    model = _cached_model(str(path.resolve()), path.stat().st_mtime, None, device)
+    model = _cached_model(str(path.resolve()), path.stat().st_mtime, device)
     if model.variant != variant:
         raise ValueError(f"{path} holds raft_{model.variant} weights, not raft_{variant}; set the flow option "
                          f"variant={model.variant!r}")
