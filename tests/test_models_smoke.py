@@ -36,7 +36,22 @@ def build_small(name: str) -> tuple[nn.Module, tuple[int, int, int, int]]:
     return create_model(name, num_classes=NUM_CLASSES, in_channels=shape[0], **small), shape
 
 
-@pytest.mark.parametrize("name", list_models())
+def _task(name: str) -> str:
+    """A model's task, read off an instance built on the meta device (no memory, no arithmetic)."""
+    with torch.device("meta"):
+        return getattr(build_small(name)[0], "task", "classification")
+
+
+# detectors (Detect & Track) return boxes, not logits: tests/test_detect_track.py covers their conventions
+CLASSIFIERS = [n for n in list_models() if _task(n) == "classification"]
+
+
+def test_only_detectors_are_left_out_of_the_classifier_conventions() -> None:
+    assert {n for n in list_models() if n not in CLASSIFIERS} == {n for n in list_models() if _task(n) == "detection"}
+    assert len(CLASSIFIERS) > 40
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_model_runs_forward_and_backward_and_declares_its_conventions(name: str) -> None:
     model, shape = build_small(name)
     assert tuple(model.streams) in KNOWN_STREAMS
