@@ -467,6 +467,39 @@ def predict(
 
 @app.command()
 @user_errors
+def features(
+    source: Annotated[str, typer.Argument(help="A finished run directory or a registered model name.")],
+    inputs: Annotated[list[Path], typer.Argument(help="A prepared dataset directory, or video files/folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory (one <video_id>.npy per video).")]
+    = Path("features"),
+    layer: Annotated[str | None, typer.Option(help="Layer name (default: the model's explain_layer); "
+                                                   "`kinetoscope models info NAME --layers` lists them.")] = None,
+    window: Annotated[int | None, typer.Option(help="Frames per window (default: the run's clip length).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: the window).")] = None,
+    pool: Annotated[str, typer.Option(help="mean, max (over space-time) or none (keep the map).")] = "mean",
+    short: Annotated[str | None, typer.Option(help="Videos shorter than a window: pad or skip.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of a dataset directory.")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos (array jobs).")] = None,
+    batch_size: int = 16,
+    fps: Annotated[float | None, typer.Option(help="Decode video files at this rate (default: the run's).")]
+    = None,
+    size: Annotated[int | None, typer.Option(help="Decode video files to this shorter side.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Model option for a model name, "
+                                                                       "e.g. --set hidden=16.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Recompute features that exist.")] = False,
+) -> None:
+    """Per-window features of every video at any layer; resumable and shardable."""
+    from kinetoscope.features.run import extract_features
+
+    result = extract_features(source, list(inputs), out_dir, layer, window=window, stride=stride, pool=pool,
+                              short=short, split=split, shard=shard, batch_size=batch_size, fps=fps, size=size,
+                              options=_settings(overrides) or None, overwrite=overwrite)
+    out.print(f"features of {result['written']} video(s) written, {result['skipped_done']} already done, "
+              f"{result['problems']} problem(s); layer {result['layer']} -> [bold]{out_dir}[/]")
+
+
+@app.command()
+@user_errors
 def cv(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML run config (data with subjects).")],
     overrides: Overrides = None,
@@ -737,10 +770,17 @@ def models_info(
     input: Annotated[str, typer.Option("--input", help="C x T x H x W of one clip.")] = "3x16x112x112",
     num_classes: int = 400,
     latency: bool = True,
+    layers: Annotated[bool, typer.Option("--layers", help="List the named layers (for `features --layer`) "
+                                                           "with their output shapes.")] = False,
 ) -> None:
     """Parameters, FLOPs, activation memory and CPU latency of one model."""
     from kinetoscope.models.profile import format_profile, profile_model
 
+    if layers:
+        from kinetoscope.features.run import layer_table
+
+        out.print(layer_table(name, _parse_input(input), num_classes=num_classes))
+        return
     out.print(format_profile(profile_model(name, input_shape=_parse_input(input), num_classes=num_classes,
                                            latency=latency)))
 
