@@ -442,6 +442,28 @@ def evaluate(
 
 @app.command()
 @user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory (model 1).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory (model 2).")],
+    evaluation: Annotated[str, typer.Option(help="'val' (the runs' own predictions) or an evaluation name.")]
+    = "val",
+    level: Annotated[str, typer.Option(help="clip or video predictions.")] = "clip",
+    alpha: float = 0.05,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result to this JSON file.")]
+    = None,
+) -> None:
+    """McNemar's test between two runs on the same clips: contingency table, χ² and p-values."""
+    from kinetoscope.evaluate.compare import compare_runs, comparison_table
+    from kinetoscope.utils import atomic_write_json
+
+    result = compare_runs(run_a, run_b, evaluation=evaluation, level=level, alpha=alpha)
+    out.print(comparison_table(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+
+
+@app.command()
+@user_errors
 def predict(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     videos: Annotated[list[Path], typer.Argument(help="Video files to score.")],
