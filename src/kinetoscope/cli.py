@@ -869,6 +869,25 @@ def data_import_vid(
                                           if problems else ""))
 
 
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    format: Annotated[str, typer.Option("--format", help="torchscript, onnx or exported-program.")]
+    = "torchscript",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output file (default RUN/export/model.*).")]
+    = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |exported - eager| accepted on the check clip.")]
+    = 1e-4,
+) -> None:
+    """Export a trained model, reload it and check it against the eager model on a real clip."""
+    from kinetoscope.models.export import export_run
+
+    result = export_run(run, format, out_path, tolerance)
+    out.print(f"{result['model']} as {result['format']}: [bold]{result['path']}[/]  "
+              f"max |diff| vs eager on a real clip {result['max_abs_diff']:.3g} (tolerance {tolerance:g})")
+
+
 # -------------------------------------------------------------------------------------------- report
 @app.command()
 @user_errors
