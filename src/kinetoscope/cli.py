@@ -430,12 +430,29 @@ def evaluate(
     reverse: Annotated[bool, typer.Option(help="Reverse every clip's frames.")] = False,
     name: Annotated[str | None, typer.Option(help="Name of this evaluation.")] = None,
     accelerator: Accelerator = None,
+    views: Annotated[str | None, typer.Option(help="Multi-view testing: TxS (T clips x S crops: 1, 2 = centre "
+                                                   "+ flip, 3, 10 = corners + centre with flips) or a preset: "
+                                                   "stergiou-30, feichtenhofer-25.")] = None,
+    fusion: Annotated[str, typer.Option(help="--views: fuse by mean, max or vote.")] = "mean",
+    crop: Annotated[int | None, typer.Option(help="--views: crop size (default: the model's input size).")] = None,
+    resize: Annotated[int | None, typer.Option(help="--views: shorter side before cropping.")] = None,
 ) -> None:
-    """Accuracy, macro-F1, per-class F1, confusion matrix; rr on another domain; --reverse."""
+    """Accuracy, top-5, mean-class accuracy, P/R, AUROC, confusion PNG; rr on another domain; --reverse;
+    --views for multi-view testing."""
     from kinetoscope.evaluate.run import predict_run
     from kinetoscope.report.tables import detection_table, metrics_table
 
     _accelerator(accelerator)
+    if views is not None:
+        from kinetoscope.evaluate.views import evaluate_views, views_table
+
+        if reverse:
+            raise ValueError("--views and --reverse cannot be combined")
+        result = evaluate_views(run, views, fusion, data, split, name=name, crop=crop, resize=resize)
+        out.print(metrics_table(result))
+        out.print(views_table(result))
+        return
+
     metrics = predict_run(run, data=data, split=split, reverse=reverse, name=name)
     out.print(detection_table(metrics) if metrics.get("task") == "detect_track" else metrics_table(metrics))
 
