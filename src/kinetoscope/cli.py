@@ -491,6 +491,8 @@ def predict(
     top_fraction: Annotated[float, typer.Option(help="MIL filter: share of most confident clips.")] = 0.05,
     timeline_class: Annotated[str | None, typer.Option(help="Class whose score the timeline shows.")] = None,
     accelerator: Accelerator = None,
+    render: Annotated[bool, typer.Option("--render", help="Also write annotated_<video>.mp4: top classes and "
+                                                          "the score timeline over the video.")] = False,
 ) -> None:
     """Per-clip and per-video predictions for new videos, with a timeline plot per video."""
     from kinetoscope.suites.predict import predict_videos
@@ -498,7 +500,7 @@ def predict(
     _accelerator(accelerator)
     results = predict_videos(run, videos, out_dir, window=window, stride=stride,
                              frame_aggregation=frame_aggregation, top_fraction=top_fraction,
-                             timeline_class=timeline_class)
+                             timeline_class=timeline_class, render=render)
     out.print(f"predictions for {len(results)} video(s) in [bold]{out_dir}[/]")
     if len(results) < len(videos):
         out.print(f"[yellow]{len(videos) - len(results)} video(s) could not be read: see {out_dir / 'problems.csv'}[/]")
@@ -612,13 +614,16 @@ def explain(
     options: Annotated[list[str] | None, typer.Option("--set", help="Method option, e.g. --set iterations=100.")]
     = None,
     accelerator: Accelerator = None,
+    render: Annotated[str, typer.Option(help="Animation format: gif, or mp4 (MP4 beside the GIF).")] = "gif",
 ) -> None:
     """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids, activation maximisation."""
     from kinetoscope.explain import explain_run
 
     _accelerator(accelerator)
+    if render not in ("gif", "mp4"):
+        raise ValueError(f"--render {render!r}: use gif or mp4")
     path = explain_run(run, method, list(video) if video else clips, split, data, out_dir, stream=stream,
-                       target=target, **_settings(options))
+                       target=target, mp4=render == "mp4", **_settings(options))
     out.print(f"explanations: [bold]{path}[/]  (index.csv, GIFs, contact sheets)")
 
 
