@@ -53,6 +53,7 @@ from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from kinetoscope.layers.native import cell_kernel
+from kinetoscope.layers.tracing import recording_graph
 
 
 class ConvLSTMCell(nn.Module):
@@ -294,7 +295,7 @@ class ConvLSTM(nn.Module):
             raise ValueError(
                 f"ConvLSTM: expected input [B, {self.in_channels}, T, H, W], got {tuple(x.shape)}"
             )
-        if _is_tracing():  # an exported graph cannot hold the autograd Function or the C kernel
+        if recording_graph():  # an exported graph cannot hold the autograd Function or the C kernel
             return self.forward_stepwise(x)
         b, c, t, h, w = x.shape
         weight, bias = self.hidden_conv.weight, self.input_conv.bias
@@ -331,10 +332,6 @@ class ConvLSTM(nn.Module):
             outputs.append(hidden)
         return torch.stack(outputs, dim=2)
 
-
-def _is_tracing() -> bool:
-    """True while TorchScript traces or ``torch.export`` / ONNX export capture a graph."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
 def reference_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:

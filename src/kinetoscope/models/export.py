@@ -71,6 +71,17 @@ def _require_onnx() -> None:
                           "with `pip install kinetoscope[onnx]` (or pip install onnx onnxscript onnxruntime)")
 
 
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost exception (the ONNX exporter wraps torch.export's), no colours."""
+    import re
+
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:300]}"
+
+
 def export_model(model: nn.Module, example: Sequence[torch.Tensor], path: str | Path, fmt: str) -> Path:
     """Write ``model`` (in eval mode) traced on ``example`` (its inputs in ``model.streams`` order) in
     ``fmt`` to ``path`` atomically; a model the format cannot hold raises :class:`ExportError` with why."""
@@ -94,8 +105,7 @@ def export_model(model: nn.Module, example: Sequence[torch.Tensor], path: str | 
     except ExportError:
         raise
     except Exception as error:  # the exporters raise many kinds; the message is what the user needs
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"{name} cannot be exported as {fmt}: {type(error).__name__}: {first[:400]} "
+        raise ExportError(f"{name} cannot be exported as {fmt}: {_reason(error)} "
                           "(docs/export.md lists what exports where)") from error
     return path
 
