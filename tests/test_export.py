@@ -130,3 +130,21 @@ def test_cli_export_prints_the_difference(rgb_dataset, tmp_path):
     assert "max |diff|" in result.output and (run / "export" / "model.ts").is_file()
     result = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
     assert result.exit_code == 2 and "torchscript, onnx, exported-program" in result.output
+
+
+def test_softpool_exports_its_unfold_form_which_equals_the_tiled_function(tmp_path):
+    from kinetoscope.layers import SoftPool3d
+
+    class Pool(torch.nn.Module):
+        streams = ("rgb",)
+
+        def __init__(self):
+            super().__init__()
+            self.pool = SoftPool3d(2)
+
+        def forward(self, x):
+            return self.pool(x).flatten(1)
+
+    x = torch.randn(1, 2, 4, 6, 6)
+    for fmt in ("torchscript", "exported-program"):
+        assert export_and_check(Pool(), [x], tmp_path / f"p.{fmt}", fmt)["max_abs_diff"] <= 1e-6
