@@ -190,3 +190,21 @@ def test_cli_features_and_models_info_layers(run_dir, real_dataset, tmp_path):
     result = runner.invoke(app, ["features", str(run_dir), str(real_dataset), "--out", str(tmp_path / "d"),
                                  "--layer", "bogus"])
     assert result.exit_code == 2 and "valid layers" in result.output
+
+
+def test_features_of_a_run_see_its_evaluation_transform(run_dir, real_dataset, tmp_path):
+    import shutil
+
+    run = tmp_path / "normalised"
+    shutil.copytree(run_dir, run)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"root": str(real_dataset), "frames": 8, "normalize": "imagenet"}}))
+    extract_features(run, [real_dataset], tmp_path / "f", "blocks.1", batch_size=4)
+    vid = DatasetStore(real_dataset).records()[1].video_id
+    frames = DatasetStore(real_dataset).read_frames(vid)
+    clip = torch.from_numpy(frames[:8].copy()).permute(3, 0, 1, 2).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    model, _ = load_run_model(run)
+    expected = extract(model, ((clip - mean) / std)[None], "blocks.1")[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "f" / f"{vid}.npy")[0], expected, rtol=1e-5, atol=1e-6)

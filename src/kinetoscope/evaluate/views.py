@@ -99,8 +99,9 @@ class ViewDataset(Dataset):
     returns clips (``video`` float ``[C, T, H, W]`` in [0, 1]; ``flow`` when asked)."""
 
     def __init__(self, store, records, *, frames: int | None, temporal: int, spatial: int, uniform: bool,
-                 crop: tuple[int, int] | None, resize: int | None, flow: bool) -> None:
-        self.store, self.records, self.flow = store, records, flow
+                 crop: tuple[int, int] | None, resize: int | None, flow: bool,
+                 normalize: tuple[list[float], list[float]] | None = None) -> None:
+        self.store, self.records, self.flow, self.normalize = store, records, flow, normalize
         self.temporal, self.spatial, self.resize, self.crop = temporal, spatial, resize, crop
         self.indices = []
         for record in records:
@@ -137,6 +138,9 @@ class ViewDataset(Dataset):
             if flow is not None:
                 flow = flow.flip(-1)
                 flow[0] = -flow[0]
+        if self.normalize is not None:  # the run's normalisation, after the geometry (as evaluate applies it)
+            mean, std = (torch.tensor(v, dtype=video.dtype).view(-1, 1, 1, 1) for v in self.normalize)
+            video = (video - mean) / std
         sample = {"video": video.contiguous(), "label": 0, "video_id": record.video_id, "clip_index": t * 1000 + s}
         if flow is not None:
             sample["flow"] = flow.contiguous()
@@ -170,18 +174,20 @@ def evaluate_views(
 
     Writes ``evaluations/<name>.json`` (default name ``views-TxS`` or ``<dataset>-views-TxS``) and
     ``evaluations/<name>/video_predictions.csv`` (fused scores); returns the JSON's dict."""
+    from kinetoscope.config import RunConfig
     from kinetoscope.data.cache import DatasetStore
-    from kinetoscope.models.checkpoint import load_run_config, load_run_model
+    from kinetoscope.data.datamodule import normalization
+    from kinetoscope.models.checkpoint import load_run_model
     from kinetoscope.models.inference import predict_batches
 
     temporal, spatial = parse_views(views)
     if fusion not in FUSIONS:
         raise ValueError(f"--fusion {fusion!r}; expected one of {FUSIONS}")
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    config = RunConfig.load(run_dir)
     model, spec = load_run_model(run_dir)
     classes = spec["classes"]
-    d = config["data"]
+    d = config.data.model_dump()
     own = data is None
     root = Path(d["root"]) if own else Path(data)
     if own and split is None:
@@ -198,13 +204,16 @@ def evaluate_views(
     if not records:
         raise ValueError(f"no videos in split {split!r} of {store.annotations_path}")
     uniform = d.get("sampling") in (None, "uniform") and bool(d.get("frames"))
-    size = spec.get("options", {}).get("input_size")
+    size = d.get("size") or spec.get("options", {}).get("input_size")
+    if isinstance(size, (list, tuple)):
+        size = min(size)
     crop_size = (crop, crop) if crop else ((size, size) if size else None)
     if resize is None and crop_size is not None:
         resize = round(min(crop_size) / 0.875) if spatial == 10 else min(crop_size)
     dataset = ViewDataset(store, records, frames=d.get("frames"), temporal=temporal, spatial=spatial,
                           uniform=uniform, crop=crop_size, resize=resize,
-                          flow="flow" in getattr(model, "streams", ("rgb",)))
+                          flow="flow" in getattr(model, "streams", ("rgb",)),
+                          normalize=normalization(config.data, int(store.meta().get("channels", 3))))
     out = predict_batches(model, DataLoader(dataset, batch_size=batch_size, shuffle=False))
     count = temporal * spatial
     scores = out["scores"].reshape(len(records), count, -1).astype(np.float64)

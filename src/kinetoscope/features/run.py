@@ -52,18 +52,19 @@ class VideoSource:
 
 
 def load_model_source(source: str | Path, *, num_classes: int = 400, in_channels: int = 3,
-                      options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """``(model, run config or {}, description)`` from a run directory or a registered model name."""
+                      options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Any, str]:
+    """``(model, run config or None, description)`` from a run directory or a registered model name."""
+    from kinetoscope.config import RunConfig
     from kinetoscope.models import create_model, list_models
-    from kinetoscope.models.checkpoint import load_run_config, load_run_model
+    from kinetoscope.models.checkpoint import load_run_model
 
     path = Path(source)
     if (path / "model.json").is_file():
         model, spec = load_run_model(path)
-        return model, load_run_config(path), f"run {path}"
+        return model, RunConfig.load(path), f"run {path}"
     if str(source) in list_models():
         torch.manual_seed(0)
-        return create_model(str(source), num_classes, in_channels, **(options or {})), {}, f"model {source}"
+        return create_model(str(source), num_classes, in_channels, **(options or {})), None, f"model {source}"
     raise ValueError(f"{source!r} is neither a finished run directory (with model.json) nor a registered "
                      f"model; models: {', '.join(list_models())}")
 
@@ -174,6 +175,7 @@ def extract_features(
     ``"pad"``); direct decoding at the run's dataset ``fps``/``size``/``grayscale``.
     """
     from kinetoscope.data.cache import DatasetStore
+    from kinetoscope.data.datamodule import clip_transform
     from kinetoscope.data.prepare import parse_shard
     from kinetoscope.data.sampling import SHORT_POLICIES, dense_windows
     from kinetoscope.data.video import VideoError
@@ -192,7 +194,9 @@ def extract_features(
     in_channels = int(data_meta.get("channels") or (1 if grayscale else 3))
     model, config, description = load_model_source(source, num_classes=num_classes, in_channels=in_channels,
                                                    options=options)
-    data_config = config.get("data", {}) if config else {}
+    data_config = config.data.model_dump() if config else {}
+    # the run's deterministic evaluation transform (resize + centre crop, normalisation), as evaluate uses
+    transform = clip_transform(config.data, train=False, channels=in_channels) if config else None
     if config and dataset_root is None:  # decode new videos the way the run's data was prepared
         run_store = DatasetStore(data_config["root"])
         run_meta = run_store.meta() if run_store.meta_path.is_file() else {}
@@ -280,9 +284,11 @@ def extract_features(
             log.warning("features: skipping %s: %s", item.origin, error)
             continue
         for k, w in enumerate(wins):  # clips are cut lazily: a long video never sits in memory as floats
-            clip = [_clip(frames, w)]
-            if flow is not None:
-                clip.append(_flow_clip(flow, w, flow_channels))
+            video = _clip(frames, w)
+            flow_clip = _flow_clip(flow, w, flow_channels) if flow is not None else None
+            if transform is not None:
+                video, flow_clip = transform(video, flow_clip)
+            clip = [video] if flow_clip is None else [video, flow_clip]
             pending.append((item.video_id, k, clip))
             if len(pending) >= batch_size:
                 flush()

@@ -167,18 +167,16 @@ def export_and_check(model: nn.Module, clip: Sequence[torch.Tensor], path: str |
 def run_clip(run_dir: Path, model: nn.Module, spec: dict[str, Any]) -> list[torch.Tensor]:
     """A real clip of the run's data (first clip of its validation split, else of the whole dataset)
     in ``model.streams`` order, each ``[1, C, T, H, W]``."""
-    from kinetoscope.data.dataset import ClipDataset
-    from kinetoscope.models.checkpoint import load_run_config
+    from kinetoscope.config import RunConfig
+    from kinetoscope.data.datamodule import config_dataset
     from kinetoscope.models.inference import model_inputs
 
-    data = load_run_config(run_dir)["data"]
+    config = RunConfig.load(run_dir)
     flow = "flow" in getattr(model, "streams", ("rgb",))
-    kwargs = {"frames": data.get("frames"), "classes": spec["classes"], "sampling": data.get("sampling"),
-              "stride": data.get("stride"), "flow": flow}
-    try:
-        dataset = ClipDataset(data["root"], data.get("val_split"), **kwargs)
-    except ValueError:  # no validation split: any clip of the data
-        dataset = ClipDataset(data["root"], None, **kwargs)
+    try:  # the run's validation clips through its evaluation transform, as evaluate feeds them
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow)
+    except ValueError:  # no validation part: any clip of the data
+        dataset = config_dataset(config, "val", classes=spec["classes"], flow=flow, root=config.data.root, split=None)
     sample = dataset[0]
     batch = {k: v.unsqueeze(0) for k, v in sample.items() if isinstance(v, torch.Tensor)}
     return model_inputs(model, batch)
