@@ -28,25 +28,25 @@ import numpy as np
 
 
 def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, Any]:
-    """McNemar's test on two boolean vectors of per-example correctness (module docstring)."""
-    from scipy.stats import binomtest, chi2
+    """McNemar's test (``evaluate.statistics.mcnemar``) on two boolean vectors of per-example
+    correctness, with the exact binomial p-value beside it (module docstring)."""
+    from scipy.stats import binomtest
+
+    from kinetoscope.evaluate.statistics import mcnemar as mcnemar_counts
 
     a_correct = np.asarray(a_correct, dtype=bool)
     b_correct = np.asarray(b_correct, dtype=bool)
     if a_correct.shape != b_correct.shape:
         raise ValueError(f"correctness vectors differ in length: {a_correct.shape} vs {b_correct.shape}")
-    both = int(np.sum(a_correct & b_correct))
-    b_only = int(np.sum(b_correct & ~a_correct))
-    a_only = int(np.sum(a_correct & ~b_correct))
-    neither = int(np.sum(~a_correct & ~b_correct))
-    discordant = b_only + a_only
-    statistic = (abs(b_only - a_only) - 1) ** 2 / discordant if discordant else 0.0
+    test = mcnemar_counts(int(np.sum(b_correct & ~a_correct)), int(np.sum(a_correct & ~b_correct)),
+                          a=int(np.sum(a_correct & b_correct)), d=int(np.sum(~a_correct & ~b_correct)))
+    discordant = test.b + test.c
     return {
         "n": int(a_correct.size),
-        "table": {"a": both, "b": b_only, "c": a_only, "d": neither},
-        "chi2": float(statistic),
-        "p_value": float(chi2.sf(statistic, 1)) if discordant else 1.0,
-        "p_exact": float(binomtest(b_only, discordant, 0.5).pvalue) if discordant else 1.0,
+        "table": {"a": test.a, "b": test.b, "c": test.c, "d": test.d},
+        "chi2": test.chi2,
+        "p_value": test.p,
+        "p_exact": float(binomtest(test.b, discordant, 0.5).pvalue) if discordant else 1.0,
         "accuracy_a": float(a_correct.mean()) if a_correct.size else float("nan"),
         "accuracy_b": float(b_correct.mean()) if b_correct.size else float("nan"),
     }
