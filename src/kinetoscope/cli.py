@@ -433,14 +433,53 @@ def evaluate(
     reverse: Annotated[bool, typer.Option(help="Reverse every clip's frames.")] = False,
     name: Annotated[str | None, typer.Option(help="Name of this evaluation.")] = None,
     accelerator: Accelerator = None,
+    views: Annotated[str | None, typer.Option(help="Multi-view testing: TxS (T clips x S crops: 1, 2 = centre "
+                                                   "+ flip, 3, 10 = corners + centre with flips) or a preset: "
+                                                   "stergiou-30, feichtenhofer-25.")] = None,
+    fusion: Annotated[str, typer.Option(help="--views: fuse by mean, max or vote.")] = "mean",
+    crop: Annotated[int | None, typer.Option(help="--views: crop size (default: the model's input size).")] = None,
+    resize: Annotated[int | None, typer.Option(help="--views: shorter side before cropping.")] = None,
 ) -> None:
-    """Accuracy, macro-F1, per-class F1, confusion matrix; rr on another domain; --reverse."""
+    """Accuracy, top-5, mean-class accuracy, P/R, AUROC, confusion PNG; rr on another domain; --reverse;
+    --views for multi-view testing."""
     from kinetoscope.evaluate.run import predict_run
     from kinetoscope.report.tables import detection_table, metrics_table
 
     _accelerator(accelerator)
+    if views is not None:
+        from kinetoscope.evaluate.views import evaluate_views, views_table
+
+        if reverse:
+            raise ValueError("--views and --reverse cannot be combined")
+        result = evaluate_views(run, views, fusion, data, split, name=name, crop=crop, resize=resize)
+        out.print(metrics_table(result))
+        out.print(views_table(result))
+        return
+
     metrics = predict_run(run, data=data, split=split, reverse=reverse, name=name)
     out.print(detection_table(metrics) if metrics.get("task") == "detect_track" else metrics_table(metrics))
+
+
+@app.command()
+@user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory (model 1).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory (model 2).")],
+    evaluation: Annotated[str, typer.Option(help="'val' (the runs' own predictions) or an evaluation name.")]
+    = "val",
+    level: Annotated[str, typer.Option(help="clip or video predictions.")] = "clip",
+    alpha: float = 0.05,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result to this JSON file.")]
+    = None,
+) -> None:
+    """McNemar's test between two runs on the same clips: contingency table, χ² and p-values."""
+    from kinetoscope.evaluate.compare import compare_runs, comparison_table
+    from kinetoscope.utils import atomic_write_json
+
+    result = compare_runs(run_a, run_b, evaluation=evaluation, level=level, alpha=alpha)
+    out.print(comparison_table(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
 
 
 @app.command()
@@ -455,6 +494,8 @@ def predict(
     top_fraction: Annotated[float, typer.Option(help="MIL filter: share of most confident clips.")] = 0.05,
     timeline_class: Annotated[str | None, typer.Option(help="Class whose score the timeline shows.")] = None,
     accelerator: Accelerator = None,
+    render: Annotated[bool, typer.Option("--render", help="Also write annotated_<video>.mp4: top classes and "
+                                                          "the score timeline over the video.")] = False,
 ) -> None:
     """Per-clip and per-video predictions for new videos, with a timeline plot per video."""
     from kinetoscope.suites.predict import predict_videos
@@ -462,10 +503,43 @@ def predict(
     _accelerator(accelerator)
     results = predict_videos(run, videos, out_dir, window=window, stride=stride,
                              frame_aggregation=frame_aggregation, top_fraction=top_fraction,
-                             timeline_class=timeline_class)
+                             timeline_class=timeline_class, render=render)
     out.print(f"predictions for {len(results)} video(s) in [bold]{out_dir}[/]")
     if len(results) < len(videos):
         out.print(f"[yellow]{len(videos) - len(results)} video(s) could not be read: see {out_dir / 'problems.csv'}[/]")
+
+
+@app.command()
+@user_errors
+def features(
+    source: Annotated[str, typer.Argument(help="A finished run directory or a registered model name.")],
+    inputs: Annotated[list[Path], typer.Argument(help="A prepared dataset directory, or video files/folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory (one <video_id>.npy per video).")]
+    = Path("features"),
+    layer: Annotated[str | None, typer.Option(help="Layer name (default: the model's explain_layer); "
+                                                   "`kinetoscope models info NAME --layers` lists them.")] = None,
+    window: Annotated[int | None, typer.Option(help="Frames per window (default: the run's clip length).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: the window).")] = None,
+    pool: Annotated[str, typer.Option(help="mean, max (over space-time) or none (keep the map).")] = "mean",
+    short: Annotated[str | None, typer.Option(help="Videos shorter than a window: pad or skip.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of a dataset directory.")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/n: only this shard of the videos (array jobs).")] = None,
+    batch_size: int = 16,
+    fps: Annotated[float | None, typer.Option(help="Decode video files at this rate (default: the run's).")]
+    = None,
+    size: Annotated[int | None, typer.Option(help="Decode video files to this shorter side.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Model option for a model name, "
+                                                                       "e.g. --set hidden=16.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Recompute features that exist.")] = False,
+) -> None:
+    """Per-window features of every video at any layer; resumable and shardable."""
+    from kinetoscope.features.run import extract_features
+
+    result = extract_features(source, list(inputs), out_dir, layer, window=window, stride=stride, pool=pool,
+                              short=short, split=split, shard=shard, batch_size=batch_size, fps=fps, size=size,
+                              options=_settings(overrides) or None, overwrite=overwrite)
+    out.print(f"features of {result['written']} video(s) written, {result['skipped_done']} already done, "
+              f"{result['problems']} problem(s); layer {result['layer']} -> [bold]{out_dir}[/]")
 
 
 @app.command()
@@ -543,13 +617,16 @@ def explain(
     options: Annotated[list[str] | None, typer.Option("--set", help="Method option, e.g. --set iterations=100.")]
     = None,
     accelerator: Accelerator = None,
+    render: Annotated[str, typer.Option(help="Animation format: gif, or mp4 (MP4 beside the GIF).")] = "gif",
 ) -> None:
     """Temporal masks, Grad-CAM, saliency tubes, class feature pyramids, activation maximisation."""
     from kinetoscope.explain import explain_run
 
     _accelerator(accelerator)
+    if render not in ("gif", "mp4"):
+        raise ValueError(f"--render {render!r}: use gif or mp4")
     path = explain_run(run, method, list(video) if video else clips, split, data, out_dir, stream=stream,
-                       target=target, **_settings(options))
+                       target=target, mp4=render == "mp4", **_settings(options))
     out.print(f"explanations: [bold]{path}[/]  (index.csv, GIFs, contact sheets)")
 
 
@@ -740,10 +817,17 @@ def models_info(
     input: Annotated[str, typer.Option("--input", help="C x T x H x W of one clip.")] = "3x16x112x112",
     num_classes: int = 400,
     latency: bool = True,
+    layers: Annotated[bool, typer.Option("--layers", help="List the named layers (for `features --layer`) "
+                                                           "with their output shapes.")] = False,
 ) -> None:
     """Parameters, FLOPs, activation memory and CPU latency of one model."""
     from kinetoscope.models.profile import format_profile, profile_model
 
+    if layers:
+        from kinetoscope.features.run import layer_table
+
+        out.print(layer_table(name, _parse_input(input), num_classes=num_classes))
+        return
     out.print(format_profile(profile_model(name, input_shape=_parse_input(input), num_classes=num_classes,
                                            latency=latency)))
 
@@ -809,6 +893,25 @@ def data_import_vid(
     problems = DatasetStore(path).problems()
     out.print(f"wrote [bold]{path}[/]" + (f"  [yellow]{len(problems)} problem(s): see {path / 'problems.csv'}[/]"
                                           if problems else ""))
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    format: Annotated[str, typer.Option("--format", help="torchscript, onnx or exported-program.")]
+    = "torchscript",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output file (default RUN/export/model.*).")]
+    = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |exported - eager| accepted on the check clip.")]
+    = 1e-4,
+) -> None:
+    """Export a trained model, reload it and check it against the eager model on a real clip."""
+    from kinetoscope.models.export import export_run
+
+    result = export_run(run, format, out_path, tolerance)
+    out.print(f"{result['model']} as {result['format']}: [bold]{result['path']}[/]  "
+              f"max |diff| vs eager on a real clip {result['max_abs_diff']:.3g} (tolerance {tolerance:g})")
 
 
 # -------------------------------------------------------------------------------------------- report

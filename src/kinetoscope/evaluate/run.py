@@ -4,7 +4,8 @@ another domain with ``data``), optionally with every clip's frames reversed.
 Writes, atomically, under the run directory:
 - own validation split, forward: ``predictions.csv`` and ``video_predictions.csv``
 - anything else: ``evaluations/<name>/predictions.csv`` and ``video_predictions.csv``
-- always: ``evaluations/<name>.json`` (metrics, rr) and the ``evaluations`` entry of ``summary.json``
+- always: ``evaluations/<name>.json`` (metrics, rr), ``evaluations/<name>_confusion.png`` and the
+  ``evaluations`` entry of ``summary.json``
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from kinetoscope.evaluate.aggregate import AGGREGATIONS, aggregate_videos
-from kinetoscope.evaluate.metrics import classification_metrics, robustness_ratio
+from kinetoscope.evaluate.metrics import classification_metrics, robustness_ratio, score_metrics
+from kinetoscope.evaluate.plots import confusion_plot
 from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 
@@ -76,6 +78,7 @@ def predict_run(
     classes = spec["classes"]
     preds = out["scores"].argmax(1)
     metrics = classification_metrics(out["labels"], preds, classes)
+    metrics.update(score_metrics(out["labels"], out["scores"], classes))  # top-5, mean-class, P/R, AUROC
 
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -112,6 +115,7 @@ def predict_run(
     atomic_write_text(target / "predictions.csv", csv_text(header, clip_rows))
     atomic_write_text(target / "video_predictions.csv", csv_text(vheader, video_rows))
     atomic_write_json(run_dir / "evaluations" / f"{name}.json", metrics)
+    confusion_plot(metrics, run_dir / "evaluations" / f"{name}_confusion.png", title=f"{name} (clips)")
 
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.setdefault("evaluations", {})[name] = {

@@ -1,10 +1,11 @@
 """Rendering explanations: the three-panel animation of seed 001 [P] Fig. 2 and PNG contact sheets.
 
-Per clip an animated GIF (Pillow) with the panels *original*, *heat-map overlay* (Grad-CAM, jet
-colour map blended over the frame) and *freeze-perturbed* (the clip under its temporal mask), above
-a mask timeline strip: one cell per frame, red where the mask is on, green where it is off (the
-soft value as brightness), the current frame outlined. A contact sheet shows the same rows with
-every frame side by side, for reports. Panels that a method did not produce are left out.
+Per clip an animated GIF (Pillow; or an MP4 with PyAV, ``render_mp4``) with the panels *original*,
+*heat-map overlay* (Grad-CAM, jet colour map blended over the frame) and *freeze-perturbed* (the
+clip under its temporal mask), above a mask timeline strip: one cell per frame, red where the mask
+is on, green where it is off (the soft value as brightness), the current frame outlined. A contact
+sheet shows the same rows with every frame side by side, for reports. Panels that a method did not
+produce are left out.
 """
 
 from __future__ import annotations
@@ -83,14 +84,14 @@ def _scale_for(height: int) -> int:
     return max(1, 128 // max(height, 1))
 
 
-def render_gif(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], mask: np.ndarray | None = None,
-               caption: str = "", fps: float = 4.0) -> Path:
-    """Write an animated GIF: ``panels`` ``[(title, uint8 [T, H, W, 3]), ...]`` side by side, the mask
-    strip below (if ``mask [T]`` is given) and a caption line. Returns ``path``."""
+def panel_frames(panels: Sequence[tuple[str, np.ndarray]], mask: np.ndarray | None = None, caption: str = ""
+                 ) -> list:
+    """One ``PIL.Image`` per frame: ``panels`` ``[(title, uint8 [T, H, W, 3]), ...]`` side by side (scaled
+    up to about 128 px), the mask strip below (if ``mask [T]`` is given) and a caption line."""
     from PIL import Image
 
     if not panels:
-        raise ValueError("render_gif: no panels to draw")
+        raise ValueError("render: no panels to draw")
     frames_count, height, width = panels[0][1].shape[:3]
     scale = _scale_for(height)
     h, w = height * scale, width * scale
@@ -111,11 +112,42 @@ def render_gif(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], mask:
             _label(image, title, (i * (w + gap) + 2, 1))
         if caption:
             _label(image, caption, (2, title_h + h + strip_h))
-        images.append(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=255))
+        images.append(image)
+    return images
+
+
+def render_gif(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], mask: np.ndarray | None = None,
+               caption: str = "", fps: float = 4.0) -> Path:
+    """Write an animated GIF of :func:`panel_frames`. Returns ``path``."""
+    from PIL import Image
+
+    images = [im.convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
+              for im in panel_frames(panels, mask, caption)]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(round(1000 / fps)), loop=0, disposal=1)
     atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def render_mp4(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], mask: np.ndarray | None = None,
+               caption: str = "", fps: float = 4.0) -> Path:
+    """Write the same animation as :func:`render_gif` as an MP4 (PyAV, MPEG-4; padded to even sizes).
+    Returns ``path``."""
+    from kinetoscope.data.video import write_video
+    from kinetoscope.utils import atomic_path
+
+    frames = np.stack([np.asarray(im) for im in panel_frames(panels, mask, caption)])
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2  # yuv420p needs even sides
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=24)
+    with atomic_path(path) as tmp:
+        mp4 = tmp.with_suffix(".mp4")  # PyAV picks the container by the extension
+        try:
+            write_video(mp4, frames, fps=fps)
+            mp4.replace(tmp)
+        finally:
+            mp4.unlink(missing_ok=True)
     return Path(path)
 
 

@@ -152,6 +152,7 @@ def explain_run(
     target: str = "predicted",
     render: bool = True,
     accelerator: str = "auto",
+    mp4: bool = False,
     **options: Any,
 ) -> Path:
     """Explain ``clips`` of a run's validation split (or ``split`` of ``data``) with ``method`` (a
@@ -159,7 +160,8 @@ def explain_run(
 
     ``target="predicted"`` explains the predicted class, ``"label"`` the ground truth. ``options``
     go to the methods that take them (e.g. ``iterations``, ``perturbation``, ``layer``,
-    ``time_pooled_weights``); an option no method takes is an error.
+    ``time_pooled_weights``); an option no method takes is an error. ``mp4`` also writes each
+    rendered explanation as ``<method>/<clip>.mp4`` beside its GIF.
     """
     import torch
     from torch.utils.data import default_collate
@@ -251,6 +253,10 @@ def explain_run(
             gif = f"{_safe(tag)}/{stem}.gif"
             sheet = f"{_safe(tag)}/{stem}.png"
             render_gif(out_dir / gif, panels, mask, caption)
+            if mp4:  # the same three-panel animation as MP4, beside the GIF
+                from kinetoscope.explain.render import render_mp4
+
+                render_mp4(out_dir / f"{_safe(tag)}/{stem}.mp4", panels, mask, caption)
             contact_sheet(out_dir / sheet, panels, mask, caption)
         blobs = blob_statistics(heatmaps[b]) if heatmaps is not None else {}
         for name, explanation in explanations.items():

@@ -53,6 +53,7 @@ from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from kinetoscope.layers.native import cell_kernel
+from kinetoscope.layers.tracing import recording_graph
 
 
 class ConvLSTMCell(nn.Module):
@@ -294,6 +295,8 @@ class ConvLSTM(nn.Module):
             raise ValueError(
                 f"ConvLSTM: expected input [B, {self.in_channels}, T, H, W], got {tuple(x.shape)}"
             )
+        if recording_graph():  # an exported graph cannot hold the autograd Function or the C kernel
+            return self.forward_stepwise(x)
         b, c, t, h, w = x.shape
         weight, bias = self.hidden_conv.weight, self.input_conv.bias
         if self.hidden_conv.bias is not None:
@@ -310,6 +313,25 @@ class ConvLSTM(nn.Module):
             no_inputs = x.new_empty(b, 0, t, *x_gates.shape[3:])
             hiddens = _ConvLSTMSequence.apply(no_inputs, weight, bias, x_gates, keep, self.native)
         return hiddens.permute(0, 4, 1, 2, 3)  # [B, T, H, W, h] -> [B, h, T, H, W]
+
+    def forward_stepwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function as :meth:`forward` in plain out-of-place PyTorch operations, one step at a
+        time: what TorchScript tracing, ``torch.export`` and ONNX export record (``forward`` switches
+        to it while they trace). ``x [B, C, T, H, W]`` -> ``[B, hidden, T, H', W']``."""
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        x_gates = self.input_conv(frames)  # strided input convolution with its bias, all steps at once
+        x_gates = x_gates.view(b, t, *x_gates.shape[1:])
+        hidden = x.new_zeros(b, self.hidden_channels, *x_gates.shape[3:])
+        cell = torch.zeros_like(hidden)
+        outputs = []
+        for step in range(t):
+            i, f, g, o = (x_gates[:, step] + self.hidden_conv(hidden)).chunk(4, dim=1)
+            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+            hidden = torch.sigmoid(o) * torch.tanh(cell)
+            outputs.append(hidden)
+        return torch.stack(outputs, dim=2)
+
 
 
 def reference_convlstm(layer: ConvLSTM, x: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from kinetoscope.layers.tracing import recording_graph
+
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 GRAD_MODES = ("autograd", "weights")
@@ -89,7 +91,7 @@ def soft_pool(
     with torch.autocast(device_type=device_type, enabled=False):
         if x.dtype != torch.float64:
             x = x.float()
-        if kernel == strides:
+        if kernel == strides and not recording_graph():  # a graph cannot hold the Function: unfold form
             return _soft_pool_tiled(x, dims, kernel, grad)
         return _soft_pool_unfold(x, dims, kernel, strides, grad)
 

@@ -41,14 +41,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def _build(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any],
+def build_for_input(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any],
            device: str | torch.device) -> nn.Module:
     """Build a registered model whose size options (``input_size``, ``frames``) follow ``input_shape``."""
-    from kinetoscope.models import create_model
-    from kinetoscope.registry import MODELS
+    from kinetoscope.models import create_model, list_models, model_options
 
     options = dict(options)
-    known = MODELS.options(name) if name in MODELS else {}
+    known = model_options(name) if name in list_models() else {}  # list_models registers every family
     channels, frames, height, width = input_shape
     if "input_size" in known and "input_size" not in options and height == width:
         options["input_size"] = height
@@ -153,7 +152,7 @@ def profile_model(
     if isinstance(name_or_model, str):
         name = name_or_model
         model = None
-        meta_model = _build(name, input_shape, num_classes, options, "meta")
+        meta_model = build_for_input(name, input_shape, num_classes, options, "meta")
     else:
         name = type(name_or_model).__name__
         model = name_or_model
@@ -180,14 +179,14 @@ def profile_model(
                 count, by_module = None, {}
                 result["flops_error"] = f"not countable on the meta device: {type(error).__name__}: {error}"
             else:
-                model = model or _build(name, input_shape, num_classes, options, "cpu").eval()
+                model = model or build_for_input(name, input_shape, num_classes, options, "cpu").eval()
                 count, by_module = count_flops(model, example_inputs(model, input_shape, 1, "cpu", flow_shape))
         result.update(flops=count, gflops=None if count is None else count / 1e9,
                       gmacs=None if count is None else count / 2e9, flop_convention=FLOP_CONVENTION,
                       flops_by_module=by_module)
     needs_real = activations or latency
     if needs_real and model is None:
-        model = _build(name, input_shape, num_classes, options, "cpu").eval()
+        model = build_for_input(name, input_shape, num_classes, options, "cpu").eval()
     if needs_real:
         was_training = model.training
         model.eval()

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kinetoscope.evaluate.plots import confusion_plot
 from kinetoscope.explain.run import explanations_section
-from kinetoscope.report.plots import confusion_plot, domain_bars, training_curves
+from kinetoscope.report.plots import domain_bars, training_curves
 from kinetoscope.utils import atomic_write_text
 
 STYLE = """

@@ -1,10 +1,9 @@
-"""Matplotlib figures of a run: training curves, confusion matrices, cross-domain bars."""
+"""Matplotlib figures of a run: training curves, cross-domain bars (confusion matrices: ``evaluate.plots``)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -48,22 +47,6 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def confusion_plot(metrics: dict[str, Any], path: Path, title: str = "") -> Path:
-    matrix = np.asarray(metrics["confusion"], dtype=float)
-    classes = metrics["classes"]
-    norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title or metrics.get("name", ""))
     return _save(fig, path)
 
 

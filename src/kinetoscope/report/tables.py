@@ -8,7 +8,7 @@ from rich.table import Table
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
-    """Headline metrics, per-class F1 and the confusion matrix of one evaluation."""
+    """Headline metrics, per-class F1 (precision, recall) and the confusion matrix of one evaluation."""
     title = f"{metrics.get('name', '')}: {metrics.get('dataset_name', '')}" + (
         " (reversed)" if metrics.get("reverse") else ""
     )
@@ -18,10 +18,16 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     table.add_row("clips", str(metrics["n"]))
     table.add_row("accuracy", f"{metrics['accuracy']:.3f}")
     table.add_row("macro-F1", f"{metrics['macro_f1']:.3f}")
+    for key, label in (("top5", "top-5 accuracy"), ("mean_class_accuracy", "mean-class accuracy"),
+                       ("auroc", f"AUROC ({metrics['classes'][-1]} vs rest)")):
+        if metrics.get(key) is not None:
+            table.add_row(label, f"{metrics[key]:.3f}")
     if metrics.get("rr") is not None:
         table.add_row("rr (target acc / best source val acc)", f"{metrics['rr']:.3f}")
+    precision, recall = metrics.get("per_class_precision", {}), metrics.get("per_class_recall", {})
     for cls, f1 in metrics["per_class_f1"].items():
-        table.add_row(f"F1 {cls}", f"{f1:.3f}")
+        extra = f"  (P {precision[cls]:.3f}, R {recall[cls]:.3f})" if cls in precision and cls in recall else ""
+        table.add_row(f"F1 {cls}", f"{f1:.3f}{extra}")
     classes = metrics["classes"]
     table.add_row("confusion (rows true)", "")
     for cls, row in zip(classes, metrics["confusion"], strict=True):

@@ -79,12 +79,14 @@ def predict_videos(
     batch_size: int = 16,
     seed: int = 0,
     accelerator: str = "auto",
+    render: bool = False,
 ) -> dict[str, Any]:
     """Score ``videos`` with a trained run; returns ``{video: {aggregation: {pred, scores}}}`` and writes
     the CSVs and timelines of the module docstring. ``window``/``stride`` in frames at the run's fps
     (default: the run's ``data.frames`` / ``data.stride``); ``timeline_class`` defaults to the second
     class (the "pain" of a two-class pain/no-pain run) or the only one. Windows get the run's evaluation
-    transform (centre crop, normalisation) and are scored on ``accelerator``."""
+    transform (centre crop, normalisation) and are scored on ``accelerator``. ``render`` also writes
+    ``annotated_<video>.mp4`` (``report.video.render_prediction_video``)."""
     import torch
 
     from kinetoscope.data.datamodule import clip_transform
@@ -190,6 +192,11 @@ def predict_videos(
             label=focus,
             verdict=results[name]["vote"]["pred"],
         )
+        if render:  # annotated_<video>.mp4: top classes and the score timeline over the video
+            from kinetoscope.report.video import render_prediction_video
+
+            spans = [(float(w[0]) / rate, float(w[-1] + 1) / rate) for w in windows]
+            render_prediction_video(path, out_dir / f"annotated_{name}.mp4", spans, scores_arr, classes, focus)
     problems_file = out_dir / "problems.csv"
     if problems:
         atomic_write_text(problems_file, csv_text(["path", "problem"], problems))
