@@ -102,7 +102,8 @@ def test_import_copies_every_tensor_and_writes_safetensors(reference, tmp_path, 
     assert safetensors_metadata(out)["kinetoscope_model"] == name
     fresh = load_safetensors(create_model(name, num_classes=400), out)
     assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
-    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temp file left behind
+    # the weights and their sha256 (checked on every load), no temp file left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".sha256"]
 
 
 @pytest.mark.parametrize(("source", "name"), PAIRS[:4])  # x3d_l: same mapping as x3d_s, 4x the blocks

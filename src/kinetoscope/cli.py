@@ -42,15 +42,26 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADir
 
 
 def user_errors(fn):
-    """Report expected errors as one line (exit 2); anything else keeps its traceback."""
+    """Report expected errors as one line (exit 2); anything else keeps its traceback. An error of the
+    operating system (disk full, read-only file system, name too long, too many open files, permission)
+    names the operation and the path."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+        except (*USER_ERRORS, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                from kinetoscope.utils import describe_os_error
+
+                message = describe_os_error(exc)
+            elif isinstance(exc, USER_ERRORS):
+                message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            else:
+                raise
+            from rich.markup import escape
+
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

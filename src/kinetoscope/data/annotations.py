@@ -30,6 +30,7 @@ import csv
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from kinetoscope.data.cache import safe_id
@@ -126,7 +127,7 @@ def read_csv(
             )
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     accepted = set(classes) if classes is not None else None
-    records, seen = [], set()
+    records, seen, keys, fixed = [], set(), [], []
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
         rel = row["path"]
@@ -148,6 +149,7 @@ def read_csv(
             _problem(problems, f"{where} ({rel})", f"'end' ({end}) must be after 'start' ({start})")
             continue
         video_path = Path(rel) if Path(rel).is_absolute() else base / rel
+        explicit = bool(row.get("video_id"))
         vid = row.get("video_id") or video_id_for(rel, None, start, end)
         if vid != safe_id(vid):  # it names frames/<video_id>.npy: no separators or other unsafe characters
             _problem(
@@ -156,12 +158,14 @@ def read_csv(
                 f"video_id {vid!r} is not file-name safe (letters, digits and . _ = - only; e.g. {safe_id(vid)!r})",
             )
             continue
-        if vid in seen:
-            _problem(
-                problems, f"{where} ({rel})", f"duplicate video_id {vid!r} (same path and segment twice?)"
-            )
+        key = _segment_key(rel, start, end)
+        if (vid if explicit else key) in seen:
+            what = f"duplicate video_id {vid!r}" if explicit else "duplicate video"
+            _problem(problems, f"{where} ({rel})", f"{what} (same path and segment twice?)")
             continue
-        seen.add(vid)
+        seen.add(vid if explicit else key)
+        keys.append(key)
+        fixed.append(explicit)
         records.append(
             VideoRecord(
                 video_id=vid,
@@ -174,7 +178,49 @@ def read_csv(
                 end=end,
             )
         )
+    records = distinct_video_ids(records, keys, fixed)
+    taken: set[str] = set()
+    for r in list(records):  # an explicit video_id equal to another row's (derived) id
+        if r.video_id in taken:
+            _problem(problems, r.path, f"duplicate video_id {r.video_id!r} (given in the video_id column twice?)")
+            records.remove(r)
+        taken.add(r.video_id)
     return records
+
+
+def _segment_key(rel: str | Path, start: float | None, end: float | None) -> str:
+    """What identifies one video of an annotation: its path as written there, plus the segment."""
+    return str(rel) + ("" if start is None and end is None else f"#{start or 0:g}-{'' if end is None else f'{end:g}'}")
+
+
+def distinct_video_ids(
+    records: Sequence[VideoRecord], keys: Sequence[str], fixed: Sequence[bool] | None = None
+) -> list[VideoRecord]:
+    """Make derived ids distinct without renaming the videos whose ids are already distinct.
+
+    Ids come from file names (``video_id_for``), which transliteration and ``safe_id`` can merge:
+    ``café`` and ``cafè`` both give ``cafe``. Within each group of different videos (``keys``: relative
+    path + segment) sharing an id, the one whose key is plain ASCII keeps it (an existing cache's ids
+    stay valid) and every other gets ``-`` + 8 hex digits of the sha256 of its key, which depend on
+    that video alone. ``fixed`` marks ids given explicitly (a ``video_id`` column), never changed."""
+    import hashlib
+    from collections import defaultdict
+
+    fixed = list(fixed) if fixed is not None else [False] * len(records)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[r.video_id].append(i)
+    out = list(records)
+    for vid, members in groups.items():
+        if len({keys[i] for i in members}) < 2:
+            continue
+        plain = [i for i in members if fixed[i] or keys[i].isascii()]
+        keep = plain[0] if len(plain) == 1 else None
+        for i in members:
+            if i != keep and not fixed[i]:
+                digest = hashlib.sha256(keys[i].encode("utf-8", "surrogateescape")).hexdigest()[:8]
+                out[i] = replace(records[i], video_id=f"{vid}-{digest}")
+    return out
 
 
 def _is_video(p: Path) -> bool:
@@ -440,6 +486,9 @@ def load_annotations(
         records = read_ssv2(source, annotations if annotations is not None else source, problems=problems)
     else:
         records = read_kth(source, sequences=annotations, scheme=str(split or "standard"), problems=problems)
+    if format != "csv":  # read_csv makes its own ids distinct (it knows which were given explicitly)
+        base = source if source.is_dir() else source.parent
+        records = distinct_video_ids(records, [_segment_key(_relative(r.path, base), r.start, r.end) for r in records])
     if classes is not None and format != "csv":  # read_csv checks its rows itself
         accepted = set(classes)
         for r in records:
@@ -447,6 +496,13 @@ def load_annotations(
                 _problem(problems, r.path, f"unknown label {r.label!r}; accepted: {sorted(accepted)}")
         records = [r for r in records if r.label in accepted]
     return records
+
+
+def _relative(path: str, base: Path) -> str:
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return path
 
 
 def class_names(records: Sequence[VideoRecord], declared: Sequence[str] | None = None) -> list[str]:

@@ -32,7 +32,14 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
 def safe_id(text: str) -> str:
-    """A file-name-safe video id derived from a path or name."""
+    """A file-name-safe video id derived from a path or name: non-ASCII letters transliterated
+    (``日本`` -> ``RiBen``, ``café`` -> ``cafe``; ASCII text is unchanged), anything else but letters,
+    digits and ``. _ = -`` replaced by ``_``. Names that differ only in what this drops get a hash
+    suffix from ``annotations.distinct_video_ids``."""
+    if not text.isascii():
+        from anyascii import anyascii
+
+        text = anyascii(text)
     return _SAFE_ID.sub("_", text).strip("_") or "video"
 
 

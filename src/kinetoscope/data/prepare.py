@@ -10,7 +10,9 @@ annotation format and writes the :class:`~kinetoscope.data.cache.DatasetStore` l
     <out>/.prepare/problems/<id>.json   why a video failed (retried on the next run)
 
 Safety: every file is written to a temporary name and renamed, so ``kill -9`` leaves whole files
-only; a re-run removes leftover temporaries and skips every video whose frames exist. Sharding
+only; a re-run removes leftover temporaries and skips every video whose frames exist. A full disk
+stops the job cleanly: the index is rewritten with every finished video, and the error names the
+video it stopped at; freeing space and running the same command again carries on from there. Sharding
 (``shard=(i, n)``) takes every n-th video of the id-sorted list, so n array jobs can share one output
 folder; each job rewrites the index from everything present when it ends, so the last to finish
 leaves the complete index.
@@ -18,17 +20,18 @@ leaves the complete index.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from kinetoscope.data.annotations import class_names, declared_classes, load_annotations
+from kinetoscope.data.annotations import class_names, declared_classes, distinct_video_ids, load_annotations
 from kinetoscope.data.cache import DatasetStore
 from kinetoscope.data.index import VideoRecord
 from kinetoscope.data.video import DEFAULT_FOLDER_FPS, Size, VideoError, decode_video
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from kinetoscope.flow import FlowSpec
 
 STALE_TEMP_SECONDS = 600.0
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # prepare stops cleanly at these, keeping every finished video
 # False/None: no flow; True, a method name ("farneback" | "tvl1" | "dis"), a dict of FlowSpec fields or a
 # kinetoscope.flow.FlowSpec: flow computed by kinetoscope.flow (one field per cached frame, see flow/cache.py);
 # or a function uint8 [T,H,W,C] -> float [T',H,W,2|3].
@@ -306,6 +310,42 @@ def _finalise(
     return len(done), problems
 
 
+def _keep_cached_ids(store: DatasetStore, records: list[VideoRecord]) -> list[VideoRecord]:
+    """Videos this cache already lists keep the ids it gave them (caches made before ids were
+    transliterated and disambiguated stay valid); a new video whose id one of those holds gets a
+    hash suffix (``distinct_video_ids``)."""
+    if not store.annotations_path.is_file():
+        return records
+    cached = {(r.path, r.start, r.end): r.video_id for r in store.records()}
+    kept = [(r.path, r.start, r.end) in cached for r in records]
+    records = [replace(r, video_id=cached[(r.path, r.start, r.end)]) if k else r
+               for r, k in zip(records, kept, strict=True)]
+    keys = [f"{r.path}#{r.start}-{r.end}" for r in records]
+    return distinct_video_ids(records, keys, kept)
+
+
+def _stop_at_full_disk(
+    store: DatasetStore,
+    records: list[VideoRecord],
+    classes: list[str],
+    annotation_problems: list[tuple[str, str]],
+    meta: dict[str, Any],
+    record: VideoRecord,
+    exc: OSError,
+) -> None:
+    """Keep what is finished (the index lists every cached video, when the disk still takes it) and
+    raise ``exc`` naming the video it stopped at; a re-run after freeing space carries on from there."""
+    try:
+        cached, _ = _finalise(store, records, classes, annotation_problems, meta)
+        kept = f"{cached} videos cached and kept"
+    except OSError as again:
+        if again.errno not in DISK_FULL:
+            raise
+        kept = "the videos cached so far are kept (the index is rewritten by the next run)"
+    exc.add_note(f"stopped at video {record.path} ({record.video_id}); {kept}")
+    raise exc
+
+
 def prepare_dataset(
     source: str | Path,
     out_dir: str | Path,
@@ -368,7 +408,7 @@ def prepare_dataset(
         else declared_classes(format, annotations if annotations is not None or format != "ssv2" else source)
     )
     class_list = class_names(records, declared)
-    records = sorted(records, key=lambda r: r.video_id)
+    records = sorted(_keep_cached_ids(store, records), key=lambda r: r.video_id)
     mine = records[shard[0] :: shard[1]] if shard else records
 
     meta = {
@@ -394,18 +434,34 @@ def prepare_dataset(
     args = (str(store.root), fps, size, grayscale, folder_fps, flow_spec)
     results: list[dict[str, Any]] = []
     label = f"prepare {len(todo)} videos" + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
+    full: tuple[VideoRecord, OSError] | None = None  # the disk filled up while caching this video
     if workers and workers > 0 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(prepare_one, r, *args) for r in todo]
+            futures = {pool.submit(prepare_one, r, *args): r for r in todo}
             for fut in progress(as_completed(futures), total=len(futures), description=label):
-                results.append(fut.result())
+                try:
+                    results.append(fut.result())
+                except OSError as exc:
+                    if exc.errno not in DISK_FULL:
+                        raise
+                    full = (futures[fut], exc)
+                    pool.shutdown(wait=True, cancel_futures=True)  # videos already running still finish
+                    break
     else:
         for r in progress(todo, total=len(todo), description=label):
-            results.append(prepare_one(r, *args))
+            try:
+                results.append(prepare_one(r, *args))
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                full = (r, exc)
+                break
 
+    if full is not None:
+        _stop_at_full_disk(store, records, class_list, annotation_problems, meta, *full)
     cached_total, problems = _finalise(store, records, class_list, annotation_problems, meta)
     failed = sum(not r["ok"] for r in results)
     return PrepareSummary(

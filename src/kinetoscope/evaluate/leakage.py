@@ -72,11 +72,9 @@ def probe_images(store: Any, records: list[Any], kind: str, per_video: int, rng:
 
 def _load_backbone(model: Any, weights: str | Path) -> None:
     """Load imported weights into ``model`` except a classifier of another size (fine-tuning)."""
-    from safetensors.torch import load_file
+    from kinetoscope.models.weights import WeightMismatchError, compare_state, read_safetensors
 
-    from kinetoscope.models.weights import WeightMismatchError, compare_state
-
-    state = load_file(str(weights))
+    state = read_safetensors(weights)  # checked against its recorded sha256 when there is one
     expected = model.state_dict()
     state = {k: v for k, v in state.items() if not (k.startswith("fc.") and k in expected
                                                      and v.shape != expected[k].shape)}
@@ -116,13 +114,11 @@ class FrameClassifier:
 
     @classmethod
     def load(cls, path: str | Path, depth: int) -> FrameClassifier:
-        from safetensors.torch import load_file
-
         from kinetoscope.models.twostream import FrameResNet
-        from kinetoscope.models.weights import safetensors_metadata
+        from kinetoscope.models.weights import read_safetensors, safetensors_metadata
 
         classes = json.loads(safetensors_metadata(path)["classes"])
-        state = load_file(str(path))
+        state = read_safetensors(path)  # checked against its recorded sha256 when there is one
         model = FrameResNet(depth, num_classes=len(classes), in_channels=3)
         model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
         return cls(model.eval(), state["norm.mean"], state["norm.std"], classes)

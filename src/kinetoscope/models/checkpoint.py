@@ -1,6 +1,9 @@
-"""Exported weights of a run: ``model.safetensors`` + ``model.json`` (how to rebuild the model).
+"""Exported weights of a run: ``model.safetensors`` + ``model.json`` (how to rebuild the model, and the
+sha256 of the weights file).
 
-Loading never unpickles: safetensors holds only tensors, the JSON only names and numbers.
+Loading never unpickles: safetensors holds only tensors, the JSON only names and numbers. Every load
+checks the sha256 first (``weights.read_safetensors``): a damaged or replaced weights file is refused
+with one line naming it, before anything is computed or written.
 """
 
 from __future__ import annotations
@@ -11,23 +14,31 @@ from typing import Any
 
 from torch import nn
 
-from kinetoscope.utils import atomic_write_json
+from kinetoscope.utils import atomic_write_json, sha256_file
 
 
 def save_run_model(model: nn.Module, run_dir: str | Path, spec: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` and ``model.json`` ({name, num_classes, in_channels, options, classes})."""
+    """Write ``model.safetensors``, then ``model.json`` ({name, num_classes, in_channels, options, classes,
+    sha256 of the weights file as written})."""
     from kinetoscope.models.weights import save_safetensors
 
     run_dir = Path(run_dir)
-    save_safetensors(model, run_dir / "model.safetensors", metadata={"model": spec["name"]})
-    atomic_write_json(run_dir / "model.json", spec)
+    weights = save_safetensors(model, run_dir / "model.safetensors", metadata={"model": spec["name"]})
+    atomic_write_json(run_dir / "model.json", {**spec, "sha256": sha256_file(weights)})
+
+
+def weights_record(path: str | Path) -> dict[str, str]:
+    """``{"path", "sha256"}`` of a weights file a run started from (``train.init_from``), for its model.json."""
+    path = Path(path)
+    path = path / "model.safetensors" if path.is_dir() else path
+    return {"path": str(path), "sha256": sha256_file(path)}
 
 
 def load_run_model(run_dir: str | Path, device: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a run's model from ``model.json``, load ``model.safetensors`` strictly, and move it to
     ``device`` (default: stay on the CPU); returns ``(model in eval mode, spec)``."""
     from kinetoscope.models import create_model
-    from kinetoscope.models.weights import load_safetensors
+    from kinetoscope.models.weights import load_safetensors, start_sha256
 
     run_dir = Path(run_dir)
     spec_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
@@ -35,8 +46,10 @@ def load_run_model(run_dir: str | Path, device: Any = None) -> tuple[nn.Module, 
         if not p.is_file():
             raise FileNotFoundError(f"{p} is missing: {run_dir} is not a finished run (train it first)")
     spec = json.loads(spec_path.read_text())
+    # checked against model.json's sha256 (runs older than it have none), hashed while the model is built
+    digest = start_sha256(weights_path) if spec.get("sha256") else None
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("options", {}))
-    load_safetensors(model, weights_path)
+    load_safetensors(model, weights_path, digest=digest)
     model.eval()
     if device is not None:
         model.to(device)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kinetoscope.utils import atomic_path, atomic_write_json
+from kinetoscope.utils import atomic_path, atomic_write_json, sha256_file
 
 KINETICS_TORCHVISION = ([0.43216, 0.394666, 0.37645], [0.22803, 0.22145, 0.216989])
 KINETICS_PYTORCHVIDEO = ([0.45, 0.45, 0.45], [0.225, 0.225, 0.225])
@@ -100,14 +100,6 @@ def cache_dir() -> Path:
 def _url(entry: Pretrained) -> str:
     mirror = os.environ.get("KINETOSCOPE_WEIGHTS_URL")
     return f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _expected_digest(entry: Pretrained, record: Path) -> str | None:

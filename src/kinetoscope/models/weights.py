@@ -41,11 +41,18 @@ from torch import nn
 
 from kinetoscope.checkpoint_io import (  # noqa: F401  (re-exported: the importers' public names)
     MAX_LISTED,
+    SHA256_SUFFIX,
+    DamagedFileError,
+    UnsafeCheckpointError,
     WeightMismatchError,
     compare_state,
     load_safetensors,
+    load_torch_file,
     read_checkpoint,
+    read_safetensors,
+    recorded_sha256,
     save_safetensors,
+    start_sha256,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -468,7 +475,7 @@ def import_weights(
         metadata = {"kinetoscope_model": name, "imported_from": f"{source}:{checkpoint_path.name}",
                     "normalize_mean": json.dumps(mean), "normalize_std": json.dumps(std)}
         metadata.update({k: str(v) for k, v in all_options.items()})
-        written = save_safetensors(model, out_path, metadata)
+        written = save_safetensors(model, out_path, metadata, checksum_file=True)
     report = ImportReport(
         source=source,
         name=name,

@@ -104,6 +104,7 @@ def fit_detect_track(
 
     from kinetoscope.models import create_model
     from kinetoscope.models.checkpoint import save_run_model
+    from kinetoscope.models.weights import load_torch_file
 
     run_dir = Path(out_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
@@ -135,7 +136,7 @@ def fit_detect_track(
     started = time.perf_counter()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     resumed = resume and ckpt.is_file()
-    start_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] if resumed else 0
+    start_step = load_torch_file(ckpt)["global_step"] if resumed else 0  # damaged/unsafe: one line
     trainer.fit(module, loader, ckpt_path=ckpt if resumed else None)
     trainer.save_checkpoint(ckpt)
     seconds = time.perf_counter() - started

@@ -47,11 +47,9 @@ def resolve_init_from(init_from: str | Path) -> tuple[Path, str]:
 def load_init_weights(model: nn.Module, path: Path) -> list[str]:
     """Load ``path`` into ``model``; a classifier of another size is kept at its fresh initialisation.
     Returns what was re-initialised (empty when everything fitted)."""
-    from safetensors.torch import load_file
+    from kinetoscope.models.weights import WeightMismatchError, compare_state, read_safetensors
 
-    from kinetoscope.models.weights import WeightMismatchError, compare_state
-
-    state = load_file(str(path))
+    state = read_safetensors(path)  # checked against its recorded sha256 (model.json or <file>.sha256)
     expected = model.state_dict()
     missing, unexpected, shapes = compare_state(state, expected, repr)
     head = classifier_prefix(model) + "."

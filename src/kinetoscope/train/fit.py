@@ -38,8 +38,8 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False, resume: bool = F
     if is_child_process():
         return run_dir
     if resume:
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoints' / 'last.ckpt'} does not exist")
+        if not any((run_dir / "checkpoints").glob("*.ckpt")):  # which one: train.checkpoint_io.resume_checkpoint
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoints'} holds no checkpoint (*.ckpt)")
         # the run continues under this config (e.g. a larger max_epochs): config.yaml must say so
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
         return run_dir
@@ -113,8 +113,10 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     from kinetoscope.data.datamodule import VideoDataModule, has_part
     from kinetoscope.device import lightning_accelerator
     from kinetoscope.models import create_model
-    from kinetoscope.models.checkpoint import save_run_model
+    from kinetoscope.models.checkpoint import save_run_model, weights_record
+    from kinetoscope.models.weights import load_torch_file
     from kinetoscope.train.callbacks import EpochTable, RngState
+    from kinetoscope.train.checkpoint_io import AtomicCheckpointIO, resume_checkpoint
     from kinetoscope.train.finetune import (
         freeze,
         frozen_batchnorm_callback,
@@ -140,6 +142,7 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
     if config.train.init_from is not None and not resume:
         path, note = resolve_init_from(config.train.init_from)
         notes += [note, *load_init_weights(model, path)]
+        spec["init_from"] = weights_record(path)  # model.json names the weights started from, with their sha256
     frozen = freeze(model, config.train.freeze, config.train.trainable)
     flow = data.flow or "flow" in getattr(model, "streams", ("rgb",))
     datamodule = VideoDataModule(config, flow=flow, classes=store.classes)
@@ -188,16 +191,17 @@ def fit(config: RunConfig, overwrite: bool = False, resume: bool = False) -> Pat
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic="warn",
+        plugins=[AtomicCheckpointIO()],
     )
     started = time.perf_counter()
-    ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    ckpt_path = resume_checkpoint(run_dir, quiet=is_child_process()) if resume else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return run_dir
 
     best_path = best_ckpt.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_torch_file(best_path)["state_dict"]
     module.load_state_dict(state)
     save_run_model(module.model, run_dir, spec)
 
