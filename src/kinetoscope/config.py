@@ -99,10 +99,10 @@ class OptimConfig(_Strict):
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(1e-5, ge=0)
     schedule: Literal["constant", "cosine", "step"] = Field(
-        "constant", description="cosine: lr * 1/2 (1 + cos(pi n / n_max)) per step over max_epochs (seed 002); "
+        "constant", description="cosine: lr * 1/2 (1 + cos(pi n / n_max)) per step over max_epochs (Stergiou 2021); "
         "step: lr * gamma^k after the k-th milestone epoch or every step_every epochs (Stergiou 2021 §4.4.1)"
     )
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the cosine (seed 002: 8k)")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the cosine (Stergiou 2021: 8k)")
     milestones: list[int] = Field(default_factory=list, description="step schedule: epochs (e.g. [40, 70, 120])")
     step_every: int | None = Field(None, ge=1, description="step schedule: reduce every this many epochs")
     gamma: float = Field(0.1, gt=0, description="step schedule: factor per reduction")
@@ -133,7 +133,7 @@ class TrainConfig(_Strict):
     threads: int | None = Field(
         None, ge=1, description="torch intra-op threads per process (None = torch's default). Small models on "
         "a busy CPU often run several times faster with 1")
-    loss: Literal["ce", "bce"] = Field("ce", description="CE, or BCE on one-hot targets (seed 000)")
+    loss: Literal["ce", "bce"] = Field("ce", description="CE, or BCE on one-hot targets (Broomé 2022)")
     init_from: str | None = Field(
         None, description="start from these weights: a run dir, a .safetensors file, or published weights "
         "by name (torchvision:r2plus1d_18, pytorchvideo:x3d_s; `kinetoscope models pull --list`); a head "

@@ -2,18 +2,17 @@
 
 Strategies (all return frame indices into a cached video of ``num_frames`` frames):
 
-* **uniform** — ``N`` indices spread evenly over the whole video (seed 001 §4.1: 16 frames for
+* **uniform** — ``N`` indices spread evenly over the whole video (Mänttäri 2020 §4.1: 16 frames for
   Something-Something, 32 for KTH, "sub-sampled to cover the entire sequence").
-* **dense** — back-to-back or overlapping windows of length ``L`` and stride ``S`` (seed 000 [T]
-  §3.1–3.3: ``L = 10``, ``S = 10`` at 2 fps; seed 003 "f×r" clips use stride ``r`` inside a window).
-* **jitter** (training) — uniform sampling with one random index per segment (seed 003 §train,
+* **dense** — back-to-back or overlapping windows of length ``L`` and stride ``S`` (Broomé 2022   §3.1–3.3: ``L = 10``, ``S = 10`` at 2 fps; Ilic 2024 "f×r" clips use stride ``r`` inside a window).
+* **jitter** (training) — uniform sampling with one random index per segment (Ilic 2024 §train,
   "uniform temporal sampling with jitter, random start"), a random shift of a dense window, or a
-  random start and random frame spacing ``τ`` from a range (seed 004 Ch. 3, frame-rate jitter:
+  random start and random frame spacing ``τ`` from a range (Feichtenhofer 2017 Ch. 3, frame-rate jitter:
   :func:`random_stride_window`, a building block for custom datasets; ``ClipDataset`` does not use it).
 * **Gaussian start** (training) — Stergiou 2021 §5.4.1: the clip start is drawn from ``N(L/4, (L/6)²)``
   truncated to ``[0, L/2]``, frames follow at the dataset's stride (:func:`gaussian_start_indices`;
   ``ClipDataset(clip_start="gaussian")``, config ``data.clip_start``).
-* **oversampling** — seed 000 [T] §3.3: extra windows for every non-majority class start on the grid
+* **oversampling** — Broomé 2022 §3.3: extra windows for every non-majority class start on the grid
   ``L/2 + k·S``, maximally off the regular grid; ``n_resample = n_major − n_class`` clips, ``int(n_resample
   / M)`` per video, spread evenly over the valid starts (M = videos of that class, following the
   authors' code; the thesis text says all videos), topped up one clip per randomly chosen video until
@@ -110,7 +109,7 @@ def window_starts(num_frames: int, length: int, stride: int, offset: int = 0) ->
 def dense_windows(
     num_frames: int, length: int, stride: int, offset: int = 0, step: int = 1, short: str = "pad"
 ) -> list[np.ndarray]:
-    """Windows of ``length`` frames ``step`` apart, starting every ``stride`` frames (seed 000: L = S =
+    """Windows of ``length`` frames ``step`` apart, starting every ``stride`` frames (Broomé 2022: L = S =
     10). A video shorter than one window gives one padded window or none (``short``)."""
     _check_short(short)
     span = (length - 1) * step + 1
@@ -126,7 +125,7 @@ def jittered_uniform(
     num_frames: int, frames: int, rng: np.random.Generator, short: str = "pad"
 ) -> np.ndarray | None:
     """Uniform sampling with jitter: the video is cut into ``frames`` equal segments and one random
-    frame is drawn from each (sorted; seed 003 §train)."""
+    frame is drawn from each (sorted; Ilic 2024 §train)."""
     if frames >= num_frames:
         return uniform_indices(num_frames, frames, short)
     edges = np.linspace(0, num_frames, frames + 1)
@@ -152,7 +151,7 @@ def jitter_window(
 def random_stride_window(
     num_frames: int, length: int, strides: tuple[int, int], rng: np.random.Generator, short: str = "pad"
 ) -> np.ndarray | None:
-    """Frame-rate jitter (seed 004 Ch. 3): a random spacing ``τ`` in ``[strides[0], strides[1]]`` (the
+    """Frame-rate jitter (Feichtenhofer 2017 Ch. 3): a random spacing ``τ`` in ``[strides[0], strides[1]]`` (the
     largest that fits if the drawn one does not) and a random start."""
     _check_short(short)
     lo, hi = strides

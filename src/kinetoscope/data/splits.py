@@ -1,6 +1,6 @@
 """Subject-exclusive train/validation/test splits, built on scikit-learn's group splitters.
 
-* :func:`leave_one_subject_out` — seed 000 [T] §3.2–3.3: each subject is the test subject once
+* :func:`leave_one_subject_out` — Broomé 2022 §3.2–3.3: each subject is the test subject once
   (``LeaveOneGroupOut``); one other subject is the validation set and the rest train. The seed-000
   rule: validation is subject 5, or subject 1 when 5 is the test subject; here
   ``val_subjects=("5", "1")`` — the first listed subject that is not the test subject. Without a list,
@@ -96,7 +96,7 @@ def leave_one_subject_out(
 ) -> list[Fold]:
     """One fold per subject (sorted): that subject tests, one other validates, the rest train.
 
-    ``val_subjects``: priority list of validation subjects (seed 000: ``SEED000_VAL_SUBJECTS``); the
+    ``val_subjects``: priority list of validation subjects (Broomé 2022: ``SEED000_VAL_SUBJECTS``); the
     first one that is not the test subject is used. ``validation=False``: no validation subject."""
     from sklearn.model_selection import LeaveOneGroupOut
 

@@ -1,9 +1,9 @@
 """Clip augmentations, drawn once per clip and applied identically to every frame.
 
-Seed 000 [T] §3.2: "horizontal flipping, random cropping and shading by adding Gaussian noise. The
-transformations are consistent across a given sequence". Seed 004 Ch. 3: crop width and height
+Broomé 2022 §3.2: "horizontal flipping, random cropping and shading by adding Gaussian noise. The
+transformations are consistent across a given sequence". Feichtenhofer 2017 Ch. 3: crop width and height
 jittered (here: random resized crop), the same crop and flip for all chunks and for the flow; a
-horizontal flip negates the horizontal flow component u. Seed 003 §train: contrast/hue/brightness
+horizontal flip negates the horizontal flow component u. Ilic 2024 §train: contrast/hue/brightness
 jitter, whole-video flip.
 
 Every transform takes and returns ``(video, flow)``: ``video`` ``[C, T, H, W]``, float in [0, 1] or
@@ -133,7 +133,7 @@ class CenterCrop:
 
 class RandomResizedCrop:
     """One random crop of area fraction ``scale`` and aspect ``ratio``, resized to ``size``, for the
-    whole clip (seed 000 [T] §3.2 "the same crop is applied for the whole sequence")."""
+    whole clip (Broomé 2022 §3.2 "the same crop is applied for the whole sequence")."""
 
     def __init__(
         self,
@@ -170,7 +170,7 @@ class RandomResizedCrop:
 
 class RandomHorizontalFlip:
     """Mirror the clip with probability ``p``; the flow is mirrored and its u component negated
-    (seed 004 Ch. 3)."""
+    (Feichtenhofer 2017 Ch. 3)."""
 
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
@@ -254,8 +254,8 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 
 class GaussianShading:
-    """Add one Gaussian noise field ``N(0, std²)`` of shape ``[C, 1, H, W]`` to every frame (seed 000
-    [T] §3.2 "shading by adding Gaussian noise", consistent across the sequence), with probability ``p``."""
+    """Add one Gaussian noise field ``N(0, std²)`` of shape ``[C, 1, H, W]`` to every frame (Broomé 2022
+    Broomé 2022 §3.2 "shading by adding Gaussian noise", consistent across the sequence), with probability ``p``."""
 
     def __init__(self, std: float = 0.05, p: float = 0.5) -> None:
         self.std, self.p = std, p

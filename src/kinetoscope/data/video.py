@@ -1,7 +1,7 @@
 """Video reading with PyAV: metadata, decoding to ``uint8 [T, H, W, C]``, resampling by timestamps.
 
-Implements the frame extraction of the pain pipeline (seed 000 [T] §3.1–3.3: frames at 2 fps) and the
-benchmark conventions (seed 004 Ch. 3: short side rescaled, e.g. to 256) for any source frame rate:
+Implements the frame extraction of the pain pipeline (Broomé 2022 §3.1–3.3: frames at 2 fps) and the
+benchmark conventions (Feichtenhofer 2017 Ch. 3: short side rescaled, e.g. to 256) for any source frame rate:
 
 * **Resampling uses the decoded presentation timestamps**, not the nominal frame rate, so variable
   frame-rate files come out evenly spaced in time. Output frame ``k`` is the frame *on screen* at

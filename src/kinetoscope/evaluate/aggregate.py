@@ -1,4 +1,4 @@
-"""Clip -> video aggregation (seed 000 [T] §3.2-3.3): mean of clip probabilities, majority vote
+"""Clip -> video aggregation (Broomé 2022 §3.2-3.3): mean of clip probabilities, majority vote
 with random tie-break, and the MIL top-k% filter."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def aggregate_videos(
 
     - ``mean``: average clip probabilities.
     - ``vote``: fraction of clips voting for each class; ties broken at random (seeded).
-    - ``topk``: per class, the mean of its k = ceil(f * n_clips) highest clip probabilities ([T] §3.3 MIL).
+    - ``topk``: per class, the mean of its k = ceil(f * n_clips) highest clip probabilities (Broomé 2022 §3.3 MIL).
     """
     groups: dict[str, list[int]] = defaultdict(list)
     for i, vid in enumerate(video_ids):

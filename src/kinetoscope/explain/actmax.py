@@ -1,5 +1,5 @@
 """Activation maximisation for video models: the input clip (and flow clip) that most excites a unit or a
-class (seed 004 ch. 6 §6.3, Eqs. 6.1–6.7, §6.4; spec ``feichtenhofer.md`` "explain — activation
+class (Feichtenhofer 2017 ch. 6 §6.3, Eqs. 6.1–6.7, §6.4; spec ``feichtenhofer.md`` "explain — activation
 maximisation" and ambiguities 10–11).
 
     x* = argmax_x  (1 / (ρ_l² · â_{l,c})) · ⟨a_l(x), e_c⟩ − Σ_r λ_r R_r(x)                    (Eq. 6.1)

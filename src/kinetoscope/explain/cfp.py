@@ -1,4 +1,4 @@
-"""Class Feature Pyramids: the channels, layer by layer, that a class decision flows through (seed 002
+"""Class Feature Pyramids: the channels, layer by layer, that a class decision flows through (Stergiou 2021
 ch. 7 §7.5, Eqs. 7.2–7.5, Fig. 7.9, Table 7.1; spec ``stergiou.md`` §3.2 and ambiguity 3).
 
 1. **Class features** (Eqs. 7.2–7.3). At the explained layer ``L`` (``model.explain_layer``) with
@@ -354,7 +354,7 @@ def class_feature_pyramids(
     mode: str = "layer",
     graph: fx.GraphModule | None = None,
 ) -> list[ClassFeaturePyramid]:
-    """Class Feature Pyramids of each clip in ``clips [B, C, T, H, W]`` (seed 002 §7.5).
+    """Class Feature Pyramids of each clip in ``clips [B, C, T, H, W]`` (Stergiou 2021 §7.5).
 
     ``target`` None = predicted class; ``layer`` the top of the pyramid (default ``model.explain_layer``);
     ``theta`` the selection threshold θ; ``depth`` the number of back-steps; ``mode`` "layer" | "feature";

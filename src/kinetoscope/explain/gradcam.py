@@ -1,5 +1,5 @@
-"""Grad-CAM for video with one weight per channel *per time step* (seed 001 [P] §3.2, Eq. 2; seed 000
-[T] §5.2, Eq. 5.2; spec ``broome-and-manttari.md`` §3.2 and ambiguity 8).
+"""Grad-CAM for video with one weight per channel *per time step* (Mänttäri 2020 §3.2, Eq. 2; Broomé 2022
+Broomé 2022 §5.2, Eq. 5.2; spec ``broome-and-manttari.md`` §3.2 and ambiguity 8).
 
     L^c_{ijt} = ReLU(Σ_k w^c_{kt} A^k_{ijt}),    w^c_{kt} = (1 / Z) Σ_{ij} ∂F^c / ∂A^k_{ijt},  Z = H'W'
 
@@ -172,7 +172,7 @@ def gradcam(
     score: str = "logit",
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """Grad-CAM heat-maps ``[B, T, H, W]`` in [0, 1] at the input resolution ([P] Eq. 2).
+    """Grad-CAM heat-maps ``[B, T, H, W]`` in [0, 1] at the input resolution (Mänttäri 2020 Eq. 2).
 
     ``clips [B, C, T, H, W]`` (two-stream: list/dict and ``stream``); ``target`` None = predicted
     class; ``layer`` a dotted module name (default ``model.explain_layer``).

@@ -1,4 +1,4 @@
-"""Rendering explanations: the three-panel animation of seed 001 [P] Fig. 2 and PNG contact sheets.
+"""Rendering explanations: the three-panel animation of Mänttäri 2020 Fig. 2 and PNG contact sheets.
 
 Per clip an animated GIF (Pillow; or an MP4 with PyAV, ``render_mp4``) with the panels *original*,
 *heat-map overlay* (Grad-CAM, jet colour map blended over the frame) and *freeze-perturbed* (the

@@ -2,7 +2,7 @@
 ``RUN/explanations/`` (DESIGN.md run directory; issue 7 items 5–6).
 
 For every clip: ``<method>/<clip>.npz`` (mask, heat-maps, target), one GIF with the panels of seed
-001 [P] Fig. 2 (original, Grad-CAM overlay, freeze-perturbed, mask timeline) and one PNG contact
+001 Mänttäri 2020 Fig. 2 (original, Grad-CAM overlay, freeze-perturbed, mask timeline) and one PNG contact
 sheet; for the call: ``statistics.json`` (per-method summaries of blob count/size/centre distance,
 mask length, drop ratio/difference) and ``index.csv`` (one row per method and clip; rows for the
 same method and clip are replaced when explained again). Methods are looked up in
@@ -10,7 +10,7 @@ same method and clip are replaced when explained again). Methods are looked up i
 new method only needs its ``@EXPLAINERS.register`` decorator; contract in ``explain/base.py``).
 
 When no requested method produces heat-maps, Grad-CAM is computed as well for the overlay panel
-(when the model names an ``explain_layer``), as in [P] Fig. 2, which shows both.
+(when the model names an ``explain_layer``), as in Mänttäri 2020 Fig. 2, which shows both.
 """
 
 from __future__ import annotations

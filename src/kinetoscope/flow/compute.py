@@ -1,10 +1,10 @@
 """Dense optical flow between frames with OpenCV: Farnebäck, Dual TV-L1 and DIS.
 
-* ``farneback`` — ``cv2.calcOpticalFlowFarneback`` with the settings of seed 000 [T] §3.2 (*code*,
+* ``farneback`` — ``cv2.calcOpticalFlowFarneback`` with the settings of Broomé 2022 §3.2 (*code*,
   digest §1.3): grayscale, ``pyr_scale 0.5, levels 3, winsize 15, iterations 3, poly_n 5, poly_sigma
   1.2, flags 0``; the large window gives the soft, blurry flow the pain models were trained on.
 * ``tvl1`` — ``cv2.optflow.DualTVL1OpticalFlow`` (opencv-contrib) with OpenCV's defaults, the
-  flow of the two-stream networks of seed 004 Ch. 3–5 (*code*: ``gpu_flow`` uses Dual-TV-L1 defaults).
+  flow of the two-stream networks of Feichtenhofer 2017 Ch. 3–5 (*code*: ``gpu_flow`` uses Dual-TV-L1 defaults).
 * ``dis`` — ``cv2.DISOpticalFlow`` (Kroeger et al. 2016) with the ``ultrafast | fast | medium``
   presets; the fast alternative named by seed 005's digest (``ilic.md`` "flow": fallback to DIS).
 * ``raft`` — RAFT (Teed & Deng 2020), the flow of Ilic 2024 §4.3 / §4.5, implemented in
@@ -50,7 +50,7 @@ def farneback(
     poly_sigma: float = 1.2,
     flags: int = 0,
 ) -> Estimator:
-    """Farnebäck polynomial-expansion flow; defaults are seed 000's (digest §1.3)."""
+    """Farnebäck polynomial-expansion flow; defaults are Broomé 2022's (digest §1.3)."""
 
     def estimate(previous: np.ndarray, following: np.ndarray) -> np.ndarray:
         return cv2.calcOpticalFlowFarneback(
@@ -74,7 +74,7 @@ def tvl1(
     gamma: float = 0.0,
     median_filtering: int = 5,
 ) -> Estimator:
-    """Dual TV-L1 (Zach et al. 2007) from opencv-contrib; defaults are OpenCV's, as in seed 004 *(code)*."""
+    """Dual TV-L1 (Zach et al. 2007) from opencv-contrib; defaults are OpenCV's, as in Feichtenhofer 2017's code."""
     optflow = getattr(cv2, "optflow", None)
     if optflow is None or not hasattr(optflow, "DualTVL1OpticalFlow_create"):
         raise RuntimeError(
@@ -219,7 +219,7 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
 def compute_flow(frames: np.ndarray, method: str = "farneback", **options: Any) -> np.ndarray:
     """Flow between consecutive frames: ``uint8 [T, H, W, C]`` -> ``float32 [T-1, H, W, 2]`` (u, v px).
 
-    ``F[t]`` is the flow from frame ``t`` to frame ``t + 1``. ``method``: farneback (seed 000
+    ``F[t]`` is the flow from frame ``t`` to frame ``t + 1``. ``method``: farneback (Broomé 2022
     settings by default) | tvl1 | dis | raft (trained weights needed, see :func:`raft`); ``options``
     are the method's keyword options (see
     ``FLOW_METHODS.options(method)``)."""
@@ -269,7 +269,7 @@ def flow_pairs(indices: Sequence[int], num_frames: int, pair: str = "forward") -
 def match_times(target_times: np.ndarray, source_times: np.ndarray) -> np.ndarray:
     """For each target timestamp, the index of the source frame on screen at that time (the last source
     frame with timestamp ``<=`` it; the first frame for earlier times). Matches ``decode_video``'s
-    resampling rule, so a 2 fps frame ``k`` maps to 16 fps frame ``8k`` (seed 000 [T] §3.2)."""
+    resampling rule, so a 2 fps frame ``k`` maps to 16 fps frame ``8k`` (Broomé 2022 §3.2)."""
     source_times = np.asarray(source_times, dtype=np.float64)
     target_times = np.asarray(target_times, dtype=np.float64)
     index = np.searchsorted(source_times, target_times + 1e-6, side="right") - 1
@@ -285,8 +285,8 @@ def flow_at_frames(
 ) -> np.ndarray:
     """One flow field per selected frame, from a (higher-rate) frame sequence.
 
-    ``frames``: ``uint8 [T, H, W, C]`` at the flow rate (seed 000: 16 fps); ``indices``: the frame of
-    that sequence matching each low-rate RGB frame (seed 000: 2 fps; see :func:`match_times`).
+    ``frames``: ``uint8 [T, H, W, C]`` at the flow rate (Broomé 2022: 16 fps); ``indices``: the frame of
+    that sequence matching each low-rate RGB frame (Broomé 2022: 2 fps; see :func:`match_times`).
     Returns ``float32 [len(indices), H, W, 2]``; field ``k`` is the flow of the adjacent pair chosen by
     :func:`flow_pairs` for ``indices[k]`` (default ``forward``: from frame ``i`` to ``i + 1``). Only the
     needed pairs are computed. With ``indices = range(T)`` this is :func:`compute_flow` aligned one per

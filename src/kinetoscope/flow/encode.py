@@ -1,17 +1,17 @@
 """Flow encodings: raw float16, clipped-and-quantised uint8, magnitude channel, min-max images, stacks.
 
 * :func:`to_float16` / :func:`from_float16` — the cache format (``flow/<id>.npy``, data/cache.py).
-* :func:`jpeg_clip` / :func:`decode` — seed 004 *(code)* (digest ``feichtenhofer.md`` "flow"): per
+* :func:`jpeg_clip` / :func:`decode` — Feichtenhofer 2017's code (digest ``feichtenhofer.md`` "flow"): per
   component ``q = clip(round(255 (x + 20) / 40), 0, 255)``, stored as grayscale JPEGs, network input
   ``q - 128`` (:func:`centred`). ``decode`` inverts it up to half a quantisation step (``20/255`` px)
   for ``|x| <= 20``; larger displacements come back as ±20.
-* :func:`with_magnitude` — seed 000 [T] §3.2: channels ``(u, v, sqrt(u² + v²))``.
-* :func:`minmax_uint8` — seed 000 *(code)* (digest §1.3): each flow frame min-max scaled to 0–255 (it
+* :func:`with_magnitude` — Broomé 2022 §3.2: channels ``(u, v, sqrt(u² + v²))``.
+* :func:`minmax_uint8` — Broomé 2022's code (digest §1.3): each flow frame min-max scaled to 0–255 (it
   was stored as JPEG); §3.3 then divides by 255 (:func:`unit_range`). Kinetoscope scales each frame
   over all its channels together (one min and max per frame, as ``cv2.normalize(..., NORM_MINMAX)``
   does on a 3-channel image), so the ratio of u, v and magnitude is kept; ``per_channel=True`` scales
   each channel on its own.
-* :func:`stack` / :func:`stack_window` — seed 004 Ch. 3: L = 10 consecutive (u, v) fields stacked into
+* :func:`stack` / :func:`stack_window` — Feichtenhofer 2017 Ch. 3: L = 10 consecutive (u, v) fields stacked into
   2L channels, interleaved ``u1, v1, u2, v2, ...`` (*code*) or grouped ``u1..uL, v1..vL``; the stack of
   centre frame ``t`` covers ``t - L/2 ... t + L/2 - 1``.
 
@@ -42,7 +42,7 @@ def from_float16(flow: np.ndarray) -> np.ndarray:
 
 
 def jpeg_clip(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """Clip each component to ``[-bound, bound]`` px and quantise to uint8 (seed 004 *(code)*):
+    """Clip each component to ``[-bound, bound]`` px and quantise to uint8 (Feichtenhofer 2017's code):
     ``q = clip(round(255 (x + bound) / (2 bound)), 0, 255)``. Same shape, dtype uint8."""
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")
@@ -63,12 +63,12 @@ def decode(quantised: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 
 
 def centred(quantised: np.ndarray) -> np.ndarray:
-    """Network input of seed 004 *(code)*: ``q - 128`` as float32."""
+    """Network input of Feichtenhofer 2017's code: ``q - 128`` as float32."""
     return np.asarray(quantised, dtype=np.float32) - 128.0
 
 
 def with_magnitude(flow: np.ndarray) -> np.ndarray:
-    """``[..., 2]`` (u, v) -> ``[..., 3]`` (u, v, sqrt(u² + v²)) (seed 000 [T] §3.2); float32."""
+    """``[..., 2]`` (u, v) -> ``[..., 3]`` (u, v, sqrt(u² + v²)) (Broomé 2022 §3.2); float32."""
     flow = np.asarray(flow, dtype=np.float32)
     _check_channels(flow, (2,), "with_magnitude")
     magnitude = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
@@ -76,7 +76,7 @@ def with_magnitude(flow: np.ndarray) -> np.ndarray:
 
 
 def minmax_uint8(flow: np.ndarray, per_channel: bool = False) -> np.ndarray:
-    """Scale each flow frame ``[H, W, C]`` of ``[..., H, W, C]`` linearly to 0–255 (seed 000 *(code)*).
+    """Scale each flow frame ``[H, W, C]`` of ``[..., H, W, C]`` linearly to 0–255 (Broomé 2022's code).
 
     One min and max per frame over all channels (default) or per channel; a constant frame maps to 0.
     Returns uint8 of the same shape. Note this discards the absolute speed: a still scene's noise is
@@ -92,12 +92,12 @@ def minmax_uint8(flow: np.ndarray, per_channel: bool = False) -> np.ndarray:
 
 
 def unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 0–255 -> float32 [0, 1] (seed 000 [T] §3.3: flow "linearly scaled to the 0-1 range")."""
+    """uint8 0–255 -> float32 [0, 1] (Broomé 2022 §3.3: flow "linearly scaled to the 0-1 range")."""
     return np.asarray(images, dtype=np.float32) / 255.0
 
 
 def stack(flow: Any, layout: str = "interleaved") -> Any:
-    """Stacked-flow input of seed 004 Ch. 3: ``[B, 2, L, H, W]`` -> ``[B, 2L, H, W]``.
+    """Stacked-flow input of Feichtenhofer 2017 Ch. 3: ``[B, 2, L, H, W]`` -> ``[B, 2L, H, W]``.
 
     Works on numpy arrays and torch tensors. ``interleaved`` gives ``u1, v1, u2, v2, ...`` (*code*);
     ``grouped`` gives ``u1..uL, v1..vL``."""
@@ -113,7 +113,7 @@ def stack(flow: Any, layout: str = "interleaved") -> Any:
 
 def stack_window(flow: np.ndarray, centre: int, length: int = 10, layout: str = "interleaved") -> np.ndarray:
     """The L-field stack of centre frame ``t`` from a cached sequence ``[T, H, W, 2]``: fields
-    ``t - L//2 ... t - L//2 + L - 1`` (seed 004 *(code)*: t-5 … t+4 for L = 10), indices clamped to the
+    ``t - L//2 ... t - L//2 + L - 1`` (Feichtenhofer 2017's code: t-5 … t+4 for L = 10), indices clamped to the
     sequence (edge fields repeat). Returns ``[H, W, 2L]`` in the chosen layout."""
     flow = np.asarray(flow)
     _check_channels(flow, (2,), "stack_window")

@@ -1,14 +1,14 @@
 """Reusable nn.Modules: ConvLSTM, SoftPool, temporal gates, frame selection, fusion."""
 
-from kinetoscope.layers.class_reg import ClassRegularisation  # seed 002 ch. 6
+from kinetoscope.layers.class_reg import ClassRegularisation  # Stergiou 2021 ch. 6
 from kinetoscope.layers.conv2plus1d import Conv2Plus1D  # Tran et al. 2018 §3.5
-from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell, reference_convlstm  # seed 000 §4
-from kinetoscope.layers.frame_select import select_frames, triplet_cosine_scores  # seed 002 §5.3
-from kinetoscope.layers.framewise import Framewise, FramewiseSequential  # seed 000 time-distributed layers
-from kinetoscope.layers.gates import SRTG, CycleConsistencyGate, SqueezeRecursion  # seed 002 §4.3
+from kinetoscope.layers.convlstm import ConvLSTM, ConvLSTMCell, reference_convlstm  # Broomé 2022 §4
+from kinetoscope.layers.frame_select import select_frames, triplet_cosine_scores  # Stergiou 2021 §5.3
+from kinetoscope.layers.framewise import Framewise, FramewiseSequential  # Broomé 2022 time-distributed layers
+from kinetoscope.layers.gates import SRTG, CycleConsistencyGate, SqueezeRecursion  # Stergiou 2021 §4.3
 from kinetoscope.layers.lstm import LSTM  # Broomé 2022 §3.2 VGG+LSTM
-from kinetoscope.layers.mtconv import MTConv  # seed 002 §5.3
-from kinetoscope.layers.softpool import (  # seed 002 Eq. 5.5
+from kinetoscope.layers.mtconv import MTConv  # Stergiou 2021 §5.3
+from kinetoscope.layers.softpool import (  # Stergiou 2021 Eq. 5.5
     SoftPool1d,
     SoftPool2d,
     SoftPool3d,
@@ -16,7 +16,7 @@ from kinetoscope.layers.softpool import (  # seed 002 Eq. 5.5
     soft_pool2d,
     soft_pool3d,
 )
-from kinetoscope.layers.twostream import (  # seed 004 ch. 3-7
+from kinetoscope.layers.twostream import (  # Feichtenhofer 2017 ch. 3-7
     IdentityTemporalConv,
     SpatialFusion,
     SubBatchNorm3d,

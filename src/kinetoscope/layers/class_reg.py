@@ -1,4 +1,4 @@
-"""Class Regularisation (CR) — seed 002, Stergiou thesis ch. 6, §6.3 and Algorithm 1.
+"""Class Regularisation (CR) — Stergiou 2021 ch. 6, §6.3 and Algorithm 1.
 
 Inputs: a layer's activations ``a [B, C, T, H, W]`` and the classifier's weight ``W [N, C']``, detached
 (the values of the previous optimisation step; CR never changes the classifier's gradient, §6.3.2). A

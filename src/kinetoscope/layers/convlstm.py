@@ -1,4 +1,4 @@
-"""Convolutional LSTM (seed 000 [T] §4, Eq. 4.5-4.10; seed 001 [P] §4.2).
+"""Convolutional LSTM (Broomé 2022 §4, Eq. 4.5-4.10; Mänttäri 2020 §4.2).
 
     f, i, o = sigmoid(W * X_t + U * H_{t-1} + b)
     S_t     = f o S_{t-1} + i o tanh(W_c * X_t + U_c * H_{t-1} + b_c)
@@ -261,7 +261,7 @@ class ConvLSTM(nn.Module):
     channels-last ``[B*T, hidden, H', W']`` view without a copy, where PyTorch's pooling and
     BatchNorm kernels are 2x faster than on NCHW (it is not contiguous: use ``reshape``, not
     ``view``). ``stride`` > 1 subsamples the input spatially in the input convolution (the C-LSTM of
-    seed 001 uses stride 2); the hidden state lives at the strided resolution.
+    Mänttäri 2020 uses stride 2); the hidden state lives at the strided resolution.
 
     ``native`` (default ``True``) runs the cell's pointwise arithmetic in the fused kernel of
     :mod:`kinetoscope.layers.native` when it can be built (float32/float64 on CPU); ``False``, or no

@@ -1,4 +1,4 @@
-/* Fused pointwise ConvLSTM cell, forward and backward (seed 000 [T] Eq. 4.5-4.10), for
+/* Fused pointwise ConvLSTM cell, forward and backward (Broomé 2022 Eq. 4.5-4.10), for
  * kinetoscope.layers.convlstm. Compiled on first use by kinetoscope.layers.native with the machine's
  * C compiler (-O3 -march=native -fno-math-errno -fopenmp; deliberately not -ffast-math, whose
  * start-up code would switch the whole thread to flush-to-zero); loaded with ctypes.

@@ -1,4 +1,4 @@
-"""Temporal triplet-cosine frame selection (seed 002, Stergiou thesis §5.3.1, Eqs. 5.6-5.7, Fig. 5.4).
+"""Temporal triplet-cosine frame selection (Stergiou 2021 §5.3.1, Eqs. 5.6-5.7, Fig. 5.4).
 
 Halves the temporal extent of a volume by **selecting** frames, never blending them (the thesis' point:
 temporal pooling fuses neighbouring frames into "afterimages"):

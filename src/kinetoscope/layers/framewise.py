@@ -1,5 +1,5 @@
 """Apply a 2D module to every frame of a clip (the "time-distributed" wrapper of the Keras models
-of seed 000; used for the per-step 2D max-pool after each ConvLSTM)."""
+of Broomé 2022; used for the per-step 2D max-pool after each ConvLSTM)."""
 
 from __future__ import annotations
 

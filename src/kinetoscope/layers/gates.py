@@ -1,4 +1,4 @@
-"""Squeeze and Recursion (SR) and the cycle-consistency temporal gate (SRTG) — seed 002, Stergiou thesis
+"""Squeeze and Recursion (SR) and the cycle-consistency temporal gate (SRTG) — Stergiou 2021
 §4.3 (Eqs. 4.1-4.7, Figs. 4.1-4.4) and §5.3.2 (GRU variant, Eqs. 5.8-5.11).
 
 **Squeeze and Recursion.** The activations ``a [B, C, T, H, W]`` are averaged over space, ``pool_s(a)``,

@@ -1,4 +1,4 @@
-"""SoftPool: softmax-weighted pooling over each window (seed 002, Stergiou thesis §5.3.1, Eq. 5.5).
+"""SoftPool: softmax-weighted pooling over each window (Stergiou 2021 §5.3.1, Eq. 5.5).
 
 For every window R of the last 1, 2 or 3 dimensions (per sample and channel)::
 

@@ -1,5 +1,5 @@
 """Two-stream building blocks: spatial and temporal fusion, flow stacking, temporal filter inflation,
-sub-batch BatchNorm (seed 004, Feichtenhofer 2017; digest ``spec/feichtenhofer.md`` "layers").
+sub-batch BatchNorm (Feichtenhofer 2017; digest ``spec/feichtenhofer.md`` "layers").
 
 Everything works on the Conv3d layout ``[B, C, T, H, W]``; a two-stream "chunk" network (2D ConvNet
 applied per frame) is a network of ``1 x k x k`` convs, so the T chunks ride along in the time axis.

@@ -1,20 +1,20 @@
-"""C3D-style / VGG-style 3D CNN with configurable widths and depth (seed 000 [T] §5.4).
+"""C3D-style / VGG-style 3D CNN with configurable widths and depth (Broomé 2022 §5.4).
 
 A stack of blocks ``Conv3d(k x k x k, bias, 'same' padding) -> ReLU -> [2x2x2 pool] -> BatchNorm3d
--> Dropout3d`` (the block order of seed 000's code, spec §2.3 / *(code)*), then a classifier:
+-> Dropout3d`` (the block order of Broomé 2022's code, spec §2.3 / *(code)*), then a classifier:
 ``head="avgpool"`` (global average over time and space -> Linear) or ``head="flatten"`` (flattened final
 volume -> Linear, needs ``frames`` and ``input_size``).
 
-Defaults are the 11-layer VGG-style model of [T] §5.4 experiment d (Diving48, "23.3M parameters"):
+Defaults are the 11-layer VGG-style model of Broomé 2022 §5.4 experiment d (Diving48, "23.3M parameters"):
 widths 32-64-128-128-128-256-256-256-512-512-512, kernel 5 then 3, max-pool after layers 3, 5, 7 and
 10. Its convolutions and BatchNorms hold 23,299,968 parameters; with the average-pool head and 48
 classes the model has 23,324,592 — both round to the reported 23.3M; a flatten head at 224² would add
-tens of millions, so the thesis figure is read as this head (or the trunk alone). [T] §5.4 a-c / e-h
+tens of millions, so the thesis figure is read as this head (or the trunk alone). Broomé 2022 §5.4 a-c / e-h
 use ``widths=(128,) * 4`` / ``(128,) * 6`` with a max-pool after every layer.
 
 ``pooling`` entries: ``"max"`` / ``"avg"`` (2x2x2, stride 2), ``"max_spatial"`` (1x2x2, as C3D's pool1,
 Tran et al. 2015) or ``""`` (none). Deviation: pools use ceil mode (output ``ceil(n/2)``) so short clips
-and small frames work; seed 000's code instead padded pools by 1 when there were more than four layers,
+and small frames work; Broomé 2022's code instead padded pools by 1 when there were more than four layers,
 which changes only the size of a flatten head.
 """
 
@@ -108,7 +108,7 @@ class VGG3D(nn.Module):
 def c3d(num_classes: int, in_channels: int = 3, widths: tuple[int, ...] = VGG11_WIDTHS,
         kernel_sizes: tuple[int, ...] = VGG11_KERNELS, pooling: tuple[str, ...] = VGG11_POOLING,
         head: str = "avgpool", dropout: float = 0.0, frames: int = 32, input_size: int = 224) -> VGG3D:
-    """VGG-style 3D CNN; defaults = seed 000's 11-layer Diving48 model ([T] §5.4 d, 23.3M parameters).
+    """VGG-style 3D CNN; defaults = Broomé 2022's 11-layer Diving48 model (Broomé 2022 §5.4 d, 23.3M parameters).
 
     ``frames`` and ``input_size`` matter only for ``head="flatten"``.
     """

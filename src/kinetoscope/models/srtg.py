@@ -1,5 +1,5 @@
 """SRTG ResNets: R3D and R(2+1)D at depths 34/50/101 with one Squeeze and Recursion Temporal Gate per
-residual block (seed 002, Stergiou thesis §4.3.3, Fig. 4.5; spec ``stergiou.md`` §2.1).
+residual block (Stergiou 2021 §4.3.3, Fig. 4.5; spec ``stergiou.md`` §2.1).
 
 The backbone is :class:`kinetoscope.models.resnet3d.VideoResNet` unchanged (3x7x7 stem or its (2+1)D
 factorisation, widths 64/128/256/512, expansion-1 bottlenecks at 50/101); only the block differs:
@@ -199,7 +199,7 @@ def _builder(family: str, depth: int):
 
     build.__name__ = f"srtg_{family}_{depth}"
     build.__doc__ = (
-        f"SRTG {family}-{depth} (seed 002 §4.3): one SRTG per block at ``placement`` "
+        f"SRTG {family}-{depth} (Stergiou 2021 §4.3): one SRTG per block at ``placement`` "
         f"({' | '.join(PLACEMENTS)}; default final), LSTM cells, cycle-consistency ``gate``."
     )
     return build

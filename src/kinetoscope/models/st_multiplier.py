@@ -1,4 +1,4 @@
-"""Spatiotemporal multiplier networks, MulNet (seed 004 Ch. 5, Feichtenhofer et al. CVPR'17; spec
+"""Spatiotemporal multiplier networks, MulNet (Feichtenhofer 2017 Ch. 5, Feichtenhofer et al. CVPR'17; spec
 ``feichtenhofer.md`` "st_mulnet").
 
 The cross-stream ResNet of :mod:`kinetoscope.models.st_resnet` with the **multiplicative** gate of
@@ -46,7 +46,7 @@ def st_multiplier(
     bn_sub_batch: int | None = None,
     dropout: float = 0.0,
 ) -> CrossStreamResNet:
-    """MulNet (seed 004 Ch. 5): multiplicative motion -> appearance gates, identity-initialised temporal
+    """MulNet (Feichtenhofer 2017 Ch. 5): multiplicative motion -> appearance gates, identity-initialised temporal
     filters (``placement``: after_3x3 ‡ | shortcut † | conv5 § | none; ``temporal_init``: identity [0,1,0]
     | average [1/3,1/3,1/3]), global temporal max pool (``temporal_pool``: global | window | none)."""
     if placement not in ("after_3x3", "shortcut", "conv5", "none"):

@@ -1,4 +1,4 @@
-"""Spatiotemporal residual networks, ST-ResNet (seed 004 Ch. 4, Feichtenhofer et al. NIPS'16; spec
+"""Spatiotemporal residual networks, ST-ResNet (Feichtenhofer 2017 Ch. 4, Feichtenhofer et al. NIPS'16; spec
 ``feichtenhofer.md`` "st_resnet"), and the two-stream cross-connected ResNet they share with the
 multiplier networks of Ch. 5 (:mod:`kinetoscope.models.st_multiplier`).
 
@@ -191,7 +191,7 @@ def st_resnet(
     bn_sub_batch: int | None = 4,
     dropout: float = 0.0,
 ) -> CrossStreamResNet:
-    """ST-ResNet* (seed 004 Ch. 4): two ResNet-50 streams, additive motion -> appearance residuals before
+    """ST-ResNet* (Feichtenhofer 2017 Ch. 4): two ResNet-50 streams, additive motion -> appearance residuals before
     each stage's second unit, 1x1x3 temporal filters (w/3) there, sub-batch BN (4), temporal max pool of
     window 5 / stride 2 (``temporal_pool="none"`` is the per-chunk ST-ResNet stage, ``"global"`` a global
     max)."""

@@ -1,4 +1,4 @@
-"""Temporal residual networks, T-ResNet (seed 004 Ch. 7, Feichtenhofer et al. CVPR'17 dynamic scenes;
+"""Temporal residual networks, T-ResNet (Feichtenhofer 2017 Ch. 7, Feichtenhofer et al. CVPR'17 dynamic scenes;
 spec ``feichtenhofer.md`` "t_resnet").
 
 RGB only: an ImageNet-style ResNet-50 applied per frame
@@ -128,6 +128,6 @@ def t_resnet(
     temporal_pool: str = "max",
     dropout: float = 0.0,
 ) -> TResNet:
-    """T-ResNet-50 (seed 004 Ch. 7): temporal residual units (1x1x3, scale S = 0.01) as the 1st and 3rd
+    """T-ResNet-50 (Feichtenhofer 2017 Ch. 7): temporal residual units (1x1x3, scale S = 0.01) as the 1st and 3rd
     unit of each stage, global temporal max pool (``temporal_pool="avg"`` for the ablation)."""
     return TResNet(num_classes, in_channels, 50, (0, 2), scale_init, temporal_pool, dropout)

@@ -1,4 +1,4 @@
-"""The two model families of the frame-dependency study (seed 000 [T] §5.3; spec §2.3).
+"""The two model families of the frame-dependency study (Broomé 2022 §5.3; spec §2.3).
 
 Width ``hidden`` (h) and depth ``blocks`` are the study's knobs; the paper uses 3 blocks and
 h in {1, 2, 3, 5, 8, 12, 16, 24, 32, 48}, 64x64 grayscale inputs of 20 frames.
@@ -9,7 +9,7 @@ h in {1, 2, 3, 5, 8, 12, 16, 24, 32, 48}, 64x64 grayscale inputs of 20 frames.
 | cnn3d    | Conv3d(h, 3x3x3, pad 1) -> ReLU -> 3D max-pool 2 -> BN  | flatten h*2*8*8 -> K          |
 
 Parameter counts at 3 blocks, 5 classes: convlstm 571 (h=1) ... 433,253 (h=48);
-cnn3d 735 ... 156,869 — the "600 to 433k" and "700 to 157k" of [T] §5.3.
+cnn3d 735 ... 156,869 — the "600 to 433k" and "700 to 157k" of Broomé 2022 §5.3.
 """
 
 from __future__ import annotations
@@ -110,12 +110,12 @@ class CNN3DNet(nn.Module):
 @register_model("convlstm")
 def convlstm(num_classes: int, in_channels: int = 1, hidden: int = 16, blocks: int = 3,
              kernel_size: int = 3, input_size: int = 64) -> ConvLSTMNet:
-    """Temporal Shape ConvLSTM family ([T] §5.3)."""
+    """Temporal Shape ConvLSTM family (Broomé 2022 §5.3)."""
     return ConvLSTMNet(num_classes, in_channels, hidden, blocks, kernel_size, input_size)
 
 
 @register_model("cnn3d")
 def cnn3d(num_classes: int, in_channels: int = 1, hidden: int = 16, blocks: int = 3,
           kernel_size: int = 3, input_size: int = 64, frames: int = 20) -> CNN3DNet:
-    """Temporal Shape 3D CNN family ([T] §5.3)."""
+    """Temporal Shape 3D CNN family (Broomé 2022 §5.3)."""
     return CNN3DNet(num_classes, in_channels, hidden, blocks, kernel_size, input_size, frames)

@@ -1,4 +1,4 @@
-"""TimeSformer with divided space-time attention (Bertasius et al. 2021), as used in seed 000 [T] §5.3-5.4.
+"""TimeSformer with divided space-time attention (Bertasius et al. 2021), as used in Broomé 2022 §5.3-5.4.
 
 A clip ``[B, C, T, H, W]`` is cut into non-overlapping ``p x p`` patches per frame (``N = (H/p)(W/p)``
 per frame), linearly embedded to ``D`` channels, and a learned classification token is prepended:
@@ -13,7 +13,7 @@ per frame), linearly embedded to ``D`` channels, and a learned classification to
 The classification token attends to all tokens in both attentions; the head reads it after a final
 LayerNorm.
 
-Seed 000 trained the TimeSformer of the ``timesformer-pytorch`` package (spec §2.3, *(code)*), and this
+Broomé 2022 trained the TimeSformer of the ``timesformer-pytorch`` package (spec §2.3, *(code)*), and this
 module follows that variant so the documents' parameter counts carry over: queries/keys/values without
 bias, a GEGLU feed-forward of width ``4D``, no ``temporal_fc`` after time attention, and rotary position
 embeddings (1-D over frames for time attention, axial 2-D over rows/columns for space attention) instead
@@ -21,11 +21,11 @@ of learned position embeddings — so no position parameters and any clip length
 ``20 D^2 + 17 D`` parameters when ``D = heads * head_dim``. ``position="learned"`` switches to Bertasius
 et al.'s learned space and time embeddings (then ``frames`` and ``input_size`` are fixed).
 
-Temporal Shape configuration ([T] §5.3): one block per "layer", 3 blocks, ``D_h = h`` (the width knob
+Temporal Shape configuration (Broomé 2022 §5.3): one block per "layer", 3 blocks, ``D_h = h`` (the width knob
 ``hidden``), 8 heads, ``D = 8h``, patch 16, 64x64 grayscale, 20 frames —
 ``create_model("timesformer", 5, 1, hidden=h)``: 20,421 parameters at h = 2 and 8,968,709 at h = 48
-("≈20k ... 9M"). Rotary embeddings need an even ``D_h`` (why [T] §5.3 skipped h in {1, 3, 5}).
-Diving48 e-h ([T] §5.4): ``hidden=32, depth=11`` (D = 256) at 224², 32 frames, 48 classes.
+("≈20k ... 9M"). Rotary embeddings need an even ``D_h`` (why Broomé 2022 §5.3 skipped h in {1, 3, 5}).
+Diving48 e-h (Broomé 2022 §5.4): ``hidden=32, depth=11`` (D = 256) at 224², 32 frames, 48 classes.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class TimeSformer(nn.Module):
         if position == "rotary" and hidden % 2:
             raise ValueError(
                 f"timesformer: hidden (per-head dim D_h) = {hidden} must be even for rotary position "
-                "embeddings (seed 000 [T] §5.3 skipped h in {1, 3, 5}); use an even value or position='learned'"
+                "embeddings (Broomé 2022 §5.3 skipped h in {1, 3, 5}); use an even value or position='learned'"
             )
         if input_size % patch_size:
             raise ValueError(
@@ -237,7 +237,7 @@ class TimeSformer(nn.Module):
 def timesformer(num_classes: int, in_channels: int = 1, hidden: int = 16, heads: int = 8, depth: int = 3,
                 patch_size: int = 16, input_size: int = 64, frames: int = 20, dim: int | None = None,
                 dropout: float = 0.0, attention_dropout: float = 0.0, position: str = "rotary") -> TimeSformer:
-    """Divided space-time TimeSformer; defaults = seed 000's Temporal Shape model at h = 16 ([T] §5.3).
+    """Divided space-time TimeSformer; defaults = Broomé 2022's Temporal Shape model at h = 16 (Broomé 2022 §5.3).
 
     ``hidden`` is the per-head dim ``D_h``; ``dim`` (default ``heads * hidden``) the token width ``D``.
     """

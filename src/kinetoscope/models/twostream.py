@@ -1,4 +1,4 @@
-"""Two-stream ConvNet fusion (seed 004 Ch. 3, Feichtenhofer et al. CVPR'16; spec ``feichtenhofer.md``).
+"""Two-stream ConvNet fusion (Feichtenhofer 2017 Ch. 3, Feichtenhofer et al. CVPR'16; spec ``feichtenhofer.md``).
 
 Two frame-wise ConvNets — appearance on RGB chunks ``[B, 3, T, H, W]``, motion on stacks of L optical
 flows ``[B, 2L, T, H, W]`` — are fused at a chosen layer (§3.3.2) by one of the spatial fusion
@@ -51,7 +51,7 @@ FRAME_RESNET_DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[
 class FrameStem(nn.Module):
     """ResNet conv1 + pool1 applied per frame: 1x7x7 conv stride 2 -> BN -> ReLU -> 1x3x3 max pool stride 2.
 
-    ``[B, C, T, H, W] -> [B, 64, T, H/4, W/4]`` (seed 004 Table 4.1: ``7x7x1, 64``, ``3x3x1 max stride 2``).
+    ``[B, C, T, H, W] -> [B, 64, T, H/4, W/4]`` (Feichtenhofer 2017 Table 4.1: ``7x7x1, 64``, ``3x3x1 max stride 2``).
     """
 
     def __init__(self, in_channels: int, width: int = 64):
@@ -72,7 +72,7 @@ class FrameResNet(VideoResNet):
     builder, bottleneck expansion 4 and the 2D stem, so its parameters are those of the 2D network
     (ResNet-50: 25,557,032 at 1000 classes and 3 input channels) and a 2D checkpoint maps onto it by
     unsqueezing a time axis. ``stride_in_1x1=True`` (default) puts each stage's stride 2 in the first 1x1
-    conv as the original ResNet (the Caffe/MatConvNet models seed 004 builds on) does; ``False`` keeps
+    conv as the original ResNet (the Caffe/MatConvNet models Feichtenhofer 2017 builds on) does; ``False`` keeps
     it in the 3x3 conv (torchvision's "v1.5"). The parameter count is the same either way. ``width``
     (default 64) is the stem's width; the stages have 1, 2, 4, 8 times it (a narrower trunk for CPU runs).
 
@@ -166,7 +166,7 @@ def prepare_flow(flow: torch.Tensor, flow_frames: int) -> torch.Tensor:
 
 
 class TwoStreamFusion(nn.Module):
-    """Appearance and motion frame-ResNets fused at ``fusion_layer`` (seed 004 Ch. 3; module docstring).
+    """Appearance and motion frame-ResNets fused at ``fusion_layer`` (Feichtenhofer 2017 Ch. 3; module docstring).
 
     ``forward(rgb [B, 3, T, H, W], flow [B, 2|2L, T, H, W]) -> logits [B, num_classes]``.
     """
@@ -271,7 +271,7 @@ def twostream(
     flow_frames: int = 10,
     dropout: float = 0.0,
 ) -> TwoStreamFusion:
-    """Two-stream fusion network (seed 004 Ch. 3). Defaults follow the proposed architecture (§3.3.4) —
+    """Two-stream fusion network (Feichtenhofer 2017 Ch. 3). Defaults follow the proposed architecture (§3.3.4) —
     conv fusion after the last conv stage, 3D pooling, motion tower kept, L = 10 flows — but with a 1x1x1
     fusion kernel: the 3x3x3 kernel of Eq. 3.6 (``temporal_fusion="conv3d"``) maps 2·2048 -> 2048
     channels on ResNet-50 and alone holds 226M parameters (14M on the thesis's VGG-16, 1024 -> 512).

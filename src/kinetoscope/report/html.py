@@ -137,7 +137,7 @@ def build_study_report(study_dir: Path) -> Path:
     body.append("<h2>Results</h2>")
     body.append("<p class='muted'>Accuracy per evaluation (chance "
                 f"{html_fmt(study.get('chance'))}). rr = target accuracy / best source validation accuracy "
-                "(seed 000 [T] §5.3).</p>")
+                "(Broomé 2022 §5.3).</p>")
     body.append(html_table(header, rows))
     if len(columns) > 1:
         body.append(html_table(["rr", *[c[1] for c in columns[1:]]], rr_rows))

@@ -3,14 +3,14 @@
 Each function returns an HTML fragment that a suite writes under ``<study>/sections/`` and names in
 ``study.json["sections"]``; ``report.html.build_study_report`` inserts the fragments after the intro.
 
-* :func:`temporal_shapes_section` — seed 000 [T] Tables 5.6/5.7 layout and the rr plots of Fig. 5.10/5.11
+* :func:`temporal_shapes_section` — Broomé 2022 Tables 5.6/5.7 layout and the rr plots of Fig. 5.10/5.11
   (rr vs h per family, rr vs parameter count).
-* :func:`reversal_section` — accuracy on original vs time-reversed clips per run (seed 001 [P] Table 1).
-* :func:`appearance_free_section` — RGB vs appearance-free accuracy with Δ (seed 003 Table 4.1) and
+* :func:`reversal_section` — accuracy on original vs time-reversed clips per run (Mänttäri 2020 Table 1).
+* :func:`appearance_free_section` — RGB vs appearance-free accuracy with Δ (Ilic 2024 Table 4.1) and
   the single-frame leakage probe.
 * :func:`privacy_section` / :func:`privacy_tradeoff_plot` — action vs identity accuracy per obfuscation
   method with f_λ (Ilic 2024 Table 5.2).
-* :func:`domain_ratio_rows` / :func:`domain_ratio_section` — S1/V, S2/V, T/V, T/S1 (seed 000 [T] Tables
+* :func:`domain_ratio_rows` / :func:`domain_ratio_section` — S1/V, S2/V, T/V, T/S1 (Broomé 2022 Tables
   5.8–5.11) with the ``*`` rule: a low T/V only counts when T/S1 < 1.
 """
 
@@ -46,7 +46,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def rr_plots(table: dict[str, Any], figures: Path) -> tuple[Path, Path]:
-    """rr vs h (one panel per target domain, one line per family; [T] Fig. 5.11) and rr vs parameter
+    """rr vs h (one panel per target domain, one line per family; Broomé 2022 Fig. 5.11) and rr vs parameter
     count (log x). Returns the two PNG paths."""
     targets = table["columns"][1:]
     paths = []
@@ -98,7 +98,7 @@ def temporal_shapes_section(study_dir: Path, table: dict[str, Any], source: str,
                        table["families"][f]["params"].items() if n is not None) for f in families)
     parts = [
         f"<h2>Cross-domain table (train {DOMAIN_TITLES[source]})</h2>",
-        f"<p class='muted'>% accuracy: {html.escape(head)} — laid out like seed 000 [T] Table "
+        f"<p class='muted'>% accuracy: {html.escape(head)} — laid out like Broomé 2022 Table "
         f"{'5.6' if source == '2dot' else '5.7'}. std is the sample standard deviation over h (ddof 1); "
         "rr = target accuracy / best source validation accuracy (↑).</p>",
         f"<table><thead><tr><th>h</th>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>",
@@ -129,7 +129,7 @@ def _best_family(table: dict[str, Any]) -> str | None:
 
 def reversal_section(rows: list[dict[str, Any]]) -> str:
     """Rows ``{run, model, params, n, original, reversed}`` -> table with Δ = original − reversed and
-    the ratio reversed / original (seed 001 [P] Table 1 reports the two side by side)."""
+    the ratio reversed / original (Mänttäri 2020 Table 1 reports the two side by side)."""
     table_rows = []
     for r in rows:
         delta = r["original"] - r["reversed"]
@@ -137,7 +137,7 @@ def reversal_section(rows: list[dict[str, Any]]) -> str:
         table_rows.append([r["run"], r.get("model", ""), f"{r.get('params') or 0:,}", r.get("n"),
                            r["original"], r["reversed"], delta, ratio])
     return ("<h2>Reversal</h2><p class='muted'>Accuracy on the evaluation split with the frames of every "
-            "clip in their original order and reversed (seed 001 [P] §4.2, Table 1). A model that uses the "
+            "clip in their original order and reversed (Mänttäri 2020 §4.2, Table 1). A model that uses the "
             "order of frames loses accuracy under reversal; Δ = original − reversed.</p>"
             + html_table(["run", "model", "params", "clips", "original", "reversed", "Δ", "reversed / original"],
                      table_rows))
@@ -145,7 +145,7 @@ def reversal_section(rows: list[dict[str, Any]]) -> str:
 
 def appearance_free_section(rows: list[dict[str, Any]], leakage: dict[str, dict[str, Any]],
                             dataset_names: tuple[str, str]) -> str:
-    """Seed 003 Table 4.1 layout: model, f×r, RGB accuracy, appearance-free accuracy, Δ (percent),
+    """Ilic 2024 Table 4.1 layout: model, f×r, RGB accuracy, appearance-free accuracy, Δ (percent),
     with the single-frame leakage probe as the first row (the thesis' ResNet50 single-image row)."""
     rgb_name, af_name = dataset_names
     header = ["model", "f×r", rgb_name, af_name, "Δ"]
@@ -163,7 +163,7 @@ def appearance_free_section(rows: list[dict[str, Any]], leakage: dict[str, dict[
                            _pct(_delta(r.get("rgb"), r.get("appearance_free")))])
     parts = ["<h2>RGB vs appearance-free</h2>",
              "<p class='muted'>Top-1 % on the validation split of the RGB dataset and of its appearance-free "
-             "version (seed 003 Table 4.1; Δ = RGB − appearance-free).</p>", html_table(header, table_rows)]
+             "version (Ilic 2024 Table 4.1; Δ = RGB − appearance-free).</p>", html_table(header, table_rows)]
     if leakage:
         lines = []
         for key, title in (("rgb", rgb_name), ("appearance_free", af_name), ("rgb_network", rgb_name),
@@ -190,7 +190,7 @@ def _delta(a: Any, b: Any) -> float | None:
 
 
 def domain_ratio_rows(accuracies: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """Per model ``{V, S1, S2, T}`` accuracies -> S1/V, S2/V (↑), T/V, T/S1 (↓) (seed 000 [T] Tables
+    """Per model ``{V, S1, S2, T}`` accuracies -> S1/V, S2/V (↑), T/V, T/S1 (↓) (Broomé 2022 Tables
     5.8–5.11). ``star`` marks the lowest T/V of the table when its T/S1 is not < 1 (the thesis puts an
     asterisk "when a low T/V result is not accompanied by T/S1 < 1"); ``meaningful_t`` is T/S1 < 1."""
     rows = []
@@ -216,7 +216,7 @@ def domain_ratio_section(accuracies: dict[str, dict[str, float]]) -> str:
                    _num(r["T/S1"])] for r in rows]
     return ("<h2>Shape and texture domains</h2><p class='muted'>S1: segmented actor over a blurred background; "
             "S2: the actor's box over a blurred background; T: the actor's box filled with the mean pixel, "
-            "background kept (seed 000 [T] §5.4). S1/V, S2/V ↑; T/V, T/S1 ↓. * when a low T/V result is not "
+            "background kept (Broomé 2022 §5.4). S1/V, S2/V ↑; T/V, T/S1 ↓. * when a low T/V result is not "
             "accompanied by T/S1 &lt; 1.</p>"
             + html_table(["model", "S1/V ↑", "S2/V ↑", "T/V ↓", "T/S1 ↓"], table_rows))
 

@@ -1,6 +1,6 @@
 """``kinetoscope suite appearance-free``: accuracy on RGB vs appearance-free videos, per model, with Δ.
 
-Seed 003 (Ilic 2024) ch. 4, Table 4.1 and §4.4 (spec ``ilic.md`` "evaluate"):
+Ilic 2024 (Ilic 2024) ch. 4, Table 4.1 and §4.4 (spec ``ilic.md`` "evaluate"):
 
 1. make the appearance-free version of a dataset (:func:`kinetoscope.synth.appearance_free.
    make_appearance_free_dataset`; same videos, labels and splits) unless one is given;
@@ -68,7 +68,7 @@ def single_frame_probe(
     seed: int = 0,
     test_frames_per_video: int = 1,
 ) -> dict[str, Any]:
-    """The leakage probe (seed 003 §4.4): can a single frame tell the class?
+    """The leakage probe (Ilic 2024 §4.4): can a single frame tell the class?
 
     Logistic regression (scikit-learn, standardised pixels; frames downscaled so the longer side is
     at most ``size`` px) on ``frames_per_video`` random frames of each training video, tested on
@@ -248,7 +248,7 @@ def run_appearance_free_suite(
     atomic_write_json(out_dir / "study.json", {
         "kind": "appearance-free",
         "title": "RGB vs appearance-free videos",
-        "intro": ("Appearance-free videos (seed 003, Ilic 2024, ch. 4) keep only the motion of a video: "
+        "intro": ("Appearance-free videos (Ilic 2024 Ch. 4) keep only the motion of a video: "
                   "uniform noise moved by its optical flow. A model that recognises the appearance-free "
                   "version uses motion; the drop Δ from RGB measures how much it relied on appearance. "
                   f"RGB data: {rgb_root}; appearance-free data: {af_root} "

@@ -1,8 +1,8 @@
 """``kinetoscope cv``: subject-exclusive cross-validation with repeated random initialisations.
 
-Seed 000 [T] §3.2 (spec §1.2, §4): leave-one-subject-out on the pain data — each subject is the
+Broomé 2022 §3.2 (spec §1.2, §4): leave-one-subject-out on the pain data — each subject is the
 test subject once, one other subject validates (early stopping; the best-validation epoch is
-tested), the rest train; the whole rotation is repeated with random initialisations (5 in [T]).
+tested), the rest train; the whole rotation is repeated with random initialisations (5 in Broomé 2022).
 Metrics: macro-F1 (mean of the per-class F1) and accuracy, on clips and on videos.
 
 Validation rule (``val_subject``):
@@ -21,7 +21,7 @@ Layout of ``out_dir``::
     folds.csv                   one row per (repeat, fold)
     subjects.csv                per test subject: mean ± std over repeats
     summary.json, report.html   mean ± std over everything, and the seed-000 style ± (std over test
-                                subjects within a repeat, averaged over repeats; [T] Table 3.4)
+                                subjects within a repeat, averaged over repeats; Broomé 2022 Table 3.4)
 
 Resume: a fold with ``fold.json`` is never rerun; a fold whose training was interrupted continues
 from its ``last.ckpt``; a fold that finished training but not testing is only tested. Folds run in
@@ -137,7 +137,7 @@ def score_clips(
 ) -> dict[str, Any]:
     """Clip probabilities ``[N, K]`` of ``model`` over ``dataset`` (a ``ClipDataset``) plus labels,
     video ids, subjects and clip indices. Per-frame models are turned into clip verdicts by
-    majority vote (seeded random tie-break) or the mean of the frame softmax ([T] §3.2)."""
+    majority vote (seeded random tie-break) or the mean of the frame softmax (Broomé 2022 §3.2)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -490,8 +490,8 @@ def build_cv_report(out_dir: str | Path) -> Path:
         f"({len(summary.get('subjects', []))} test subjects x {summary.get('repeats')} repeats); model "
         f"<b>{html.escape(str(model.get('name')))}</b>; clip verdict by {plan.get('frame_aggregation')} over "
         f"frames; video verdicts by majority vote, mean and top-{plan.get('top_fraction', 0) * 100:g}% MIL "
-        "(seed 000 [T] §3.2-3.3). ± = std over all folds; (±) = std over test subjects within a repeat, "
-        "averaged over repeats ([T] Table 3.4).</p>",
+        "(Broomé 2022 §3.2-3.3). ± = std over all folds; (±) = std over test subjects within a repeat, "
+        "averaged over repeats (Broomé 2022 Table 3.4).</p>",
     ]
     rows = []
     for level in levels:
@@ -507,7 +507,7 @@ def build_cv_report(out_dir: str | Path) -> Path:
     if summary.get("mean_best_epoch") is not None:
         body.append(
             f"<p class='muted'>mean best epoch {summary['mean_best_epoch']:.1f} (transfer trains "
-            f"{int(1.5 * summary['mean_best_epoch'])} epochs, [T] §3.3).</p>"
+            f"{int(1.5 * summary['mean_best_epoch'])} epochs, Broomé 2022 §3.3).</p>"
         )
     for name, title in (("subjects.csv", "Per test subject"), ("folds.csv", "Per fold")):
         path = out_dir / name

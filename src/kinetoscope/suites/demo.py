@@ -1,4 +1,4 @@
-"""``kinetoscope demo``: the Temporal Shapes cross-domain study of seed 000 ([T] §5.3) in miniature.
+"""``kinetoscope demo``: the Temporal Shapes cross-domain study of Broomé 2022 (§5.3) in miniature.
 
 1. generate a 2Dot training set (random train/val split) and 5Dot, MNIST and MNIST-bg test sets;
 2. train the ``cnn3d`` and ``convlstm`` families (same width);
@@ -166,7 +166,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     study = {
         "title": "kinetoscope demo — Temporal Shapes across domains",
         "intro": (
-            "Two model families of the frame-dependency study (seed 000, Broomé 2022, §5.3) are trained on "
+            "Two model families of the frame-dependency study (Broomé 2022 §5.3) are trained on "
             "<b>2Dot</b> Temporal Shapes, where the class is only the trajectory of a moving dot (circle, "
             "line, arc, spiral, rectangle), and tested on domains whose appearance differs but whose "
             "motion does not: 5Dot, MNIST digits and MNIST digits over moving Perlin noise. "

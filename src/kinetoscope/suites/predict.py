@@ -1,12 +1,12 @@
 """``kinetoscope predict RUN VIDEO...``: per-clip and per-video verdicts for new videos, and a timeline.
 
-Seed 000 [T] §3.2-3.3 (spec §1.2, §4). Each video is decoded as the run's training data was prepared
+Broomé 2022 §3.2-3.3 (spec §1.2, §4). Each video is decoded as the run's training data was prepared
 (``dataset.json`` of the run's data: fps, frame size, colour; optical flow with the same method and
 rate when the model has a flow stream), cut into dense windows (default: the run's clip length and
-stride; seed 000: 10 frames at 2 fps, back-to-back) and scored. Per-frame models give a clip verdict
+stride; Broomé 2022: 10 frames at 2 fps, back-to-back) and scored. Per-frame models give a clip verdict
 by majority vote over frames (seeded random tie-break) or the mean. Video verdicts: majority vote,
 mean and the top-k% MIL filter (per class the mean of the k = ceil(f * n_clips) highest clip
-probabilities, [T] §3.3).
+probabilities, Broomé 2022 §3.3).
 
 Writes into ``out_dir``: ``clip_predictions.csv`` (video, clip, start/end seconds, scores),
 ``video_predictions.csv`` (one row per video and aggregation) and ``timeline_<video>.png`` — the

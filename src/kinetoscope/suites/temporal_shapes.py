@@ -1,10 +1,10 @@
-"""``kinetoscope suite temporal-shapes``: the cross-domain study of seed 000 [T] §5.3 (spec §2.3, §2.4, §4).
+"""``kinetoscope suite temporal-shapes``: the cross-domain study of Broomé 2022 §5.3 (spec §2.3, §2.4, §4).
 
 For each model family (``convlstm``, ``cnn3d``, ``timesformer``) and each width ``h``, train on a
 source domain of Temporal Shapes (2Dot or MNIST-bg; random 80/20 train/val split), keep the
 best-validation checkpoint, and test it on the other three domains. The robustness ratio
 ``rr = target accuracy / best source validation accuracy`` measures how much of what was learnt
-carries over when only the appearance changes. Tables follow [T] Tables 5.6 (source 2Dot: val / 5Dot /
+carries over when only the appearance changes. Tables follow Broomé 2022 Tables 5.6 (source 2Dot: val / 5Dot /
 MNIST / MNIST-bg) and 5.7 (source MNIST-bg: val / MNIST / 5Dot / 2Dot): one row per h, then the
 average over h, the sample standard deviation (ddof = 1), and the average and standard deviation of
 rr. Each run is also tested on its validation split with every clip reversed (the reversal probe).
@@ -30,7 +30,7 @@ Scales. ``paper`` = the seed's sizes (5,000 source clips -> 4,000/1,000, 500 per
 busy shared cores): 400 source clips of 10 frames at 32x32 (velocities are rescaled so trajectories
 keep their extent), 100 per target, Adam (which converges in far fewer epochs than SGD at lr 1e-3),
 8 epochs, h = 2 and 4; the report lists every reduction. ConvLSTM cost grows with frames x pixels, so
-20 frames at 64x64 is ~8x slower per clip. TimeSformer needs an even ``h`` (rotary embeddings; [T] skipped 1, 3, 5):
+20 frames at 64x64 is ~8x slower per clip. TimeSformer needs an even ``h`` (rotary embeddings; Broomé 2022 skipped 1, 3, 5):
 odd widths are skipped for it with a note.
 """
 
@@ -48,14 +48,14 @@ from kinetoscope.utils import atomic_write_json, atomic_write_text, csv_text
 
 FAMILIES = ("convlstm", "cnn3d", "timesformer")
 SOURCES = ("2dot", "mnist-bg")
-#: evaluation domains in the column order of [T] Table 5.6 (2Dot source) and Table 5.7 (MNIST-bg).
+#: evaluation domains in the column order of Broomé 2022 Table 5.6 (2Dot source) and Table 5.7 (MNIST-bg).
 TARGETS = {"2dot": ("5dot", "mnist", "mnist-bg"), "mnist-bg": ("mnist", "5dot", "2dot")}
 DOMAIN_TITLES = {"2dot": "2Dot", "5dot": "5Dot", "mnist": "MNIST", "mnist-bg": "MNIST-bg"}
 PAPER_WIDTHS = (1, 2, 3, 5, 8, 12, 16, 24, 32, 48)
 FAMILY_TITLES = {"cnn3d": "3D CNN", "convlstm": "ConvLSTM", "timesformer": "TimeSformer"}
 
 SCALES: dict[str, dict[str, Any]] = {
-    # seed 000 [T] §5.3 and the authors' code (spec §1.1, §2.4)
+    # Broomé 2022 §5.3 and the authors' code (spec §1.1, §2.4)
     "paper": {
         "train_num": 5000, "eval_num": 500, "frames": 20, "size": 64, "widths": PAPER_WIDTHS,
         "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-5, "batch_size": 64,
@@ -243,7 +243,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def study_table(results: list[dict[str, Any]], source: str) -> dict[str, Any]:
-    """The [T] Table 5.6/5.7 layout: per family, per h, ``accuracy`` of val then each target domain;
+    """The Broomé 2022 Table 5.6/5.7 layout: per family, per h, ``accuracy`` of val then each target domain;
     then ``avg``, ``std`` (ddof = 1) of the accuracies and ``avg_rr``, ``std_rr`` of the targets.
 
     Returns ``{"columns": ["val", *targets], "families": {family: {"rows": {h: {col: acc}},
@@ -355,7 +355,7 @@ def run_temporal_shapes_study(
         for width in resolved["widths"]:
             if family == "timesformer" and width % 2:
                 notes.append(f"timesformer h={width} skipped: rotary position embeddings need an even "
-                             "per-head dim (as [T] §5.3 skipped h = 1, 3, 5).")
+                             "per-head dim (as Broomé 2022 §5.3 skipped h = 1, 3, 5).")
                 continue
             plan[run_label(family, width)] = (family, width)
     # keep runs of earlier invocations of this study in the tables
@@ -438,7 +438,7 @@ def _intro(settings: dict[str, Any]) -> str:
     source = settings["source"]
     targets = ", ".join(DOMAIN_TITLES[t] for t in TARGETS[source])
     return (
-        "The frame-dependency study of seed 000 (Broomé 2022, [T] §5.3): model families with different "
+        "The frame-dependency study of Broomé 2022 (§5.3): model families with different "
         "ways of modelling time are trained on one domain of Temporal Shapes, where the class is only "
         "the trajectory of a moving object, and tested on domains whose appearance differs but whose "
         f"motion does not. Source <b>{DOMAIN_TITLES[source]}</b>; targets {targets}. "

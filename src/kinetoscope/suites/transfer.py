@@ -1,8 +1,8 @@
-"""Domain transfer (seed 000 [T] §3.3; spec §4 "Domain transfer").
+"""Domain transfer (Broomé 2022 §3.3; spec §4 "Domain transfer").
 
 (a) **Train on the source without validation**: every source video trains, for a fixed number of
     epochs = ``int(1.5 x mean best epoch)`` of an intra-domain cross-validation of the same setup
-    (ConvLSTM-2 77 -> 115, I3D 42 -> 63 in [T]); the mean best epoch is read from that cv run's
+    (ConvLSTM-2 77 -> 115, I3D 42 -> 63 in Broomé 2022); the mean best epoch is read from that cv run's
     per-fold results (``summary.json`` ``mean_best_epoch``, 1-based). The last epoch's weights are
     tested on every video of the target dataset.
 (b) **Head-only fine-tuning**: the source model is fine-tuned on the target's leave-one-subject-out
@@ -41,7 +41,7 @@ def mean_best_epoch(cv_dir: str | Path) -> float:
 
 
 def transfer_epochs(cv_dir: str | Path, factor: float = 1.5) -> int:
-    """``int(factor x mean best epoch)`` ([T] §3.3: 77 -> 115), at least 1."""
+    """``int(factor x mean best epoch)`` (Broomé 2022 §3.3: 77 -> 115), at least 1."""
     return max(1, int(math.floor(factor * mean_best_epoch(cv_dir))))
 
 

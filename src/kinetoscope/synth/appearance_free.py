@@ -1,6 +1,6 @@
 """Appearance-free videos: random-dot noise that moves with the optical flow of a real video.
 
-Seed 003 (Ilic 2024) ch. 4, §4.3 steps 1–3; spec ``ilic.md`` "synth — appearance-free generator".
+Ilic 2024 (Ilic 2024) ch. 4, §4.3 steps 1–3; spec ``ilic.md`` "synth — appearance-free generator".
 Given frames ``I[0..T-1]``:
 
 1. ``R0``: one frame of i.i.d. uniform noise, independently per pixel and channel (drawn directly
@@ -104,7 +104,7 @@ def appearance_free(
     flow: np.ndarray | None = None,
     **flow_options: Any,
 ) -> np.ndarray:
-    """Appearance-free version of a clip (seed 003 §4.3): uint8 ``[T, H, W, C]`` -> uint8 ``[T, H, W, C]``.
+    """Appearance-free version of a clip (Ilic 2024 §4.3): uint8 ``[T, H, W, C]`` -> uint8 ``[T, H, W, C]``.
 
     ``flow``: precomputed ``float [T-1, H, W, 2]`` (``F[t]`` from frame t to t + 1, as
     :func:`kinetoscope.flow.compute_flow` returns); otherwise computed with ``flow_method`` and

@@ -1,6 +1,6 @@
-"""Shape and texture test domains from per-frame actor masks or boxes (seed 000 [T] §5.4, Diving48).
+"""Shape and texture test domains from per-frame actor masks or boxes (Broomé 2022 §5.4, Diving48).
 
-Following Geirhos et al.'s shape/texture bias, extended to time ([T] §5.4, Fig. 5.2):
+Following Geirhos et al.'s shape/texture bias, extended to time (Broomé 2022 §5.4, Fig. 5.2):
 
 * **S1** (shape): the *segmented* actor over a blurred background — pixels inside the mask are
   unchanged, every other pixel is the Gaussian-blurred frame. Needs masks.

@@ -1,6 +1,6 @@
 """The Temporal Shape dataset: one moving object traces a circle, spiral, line, rectangle or arc.
 
-seed 000 [T] §5.1 (dataset) and §5.3 (cross-domain study); spec §1.1, ambiguities 13, 15, 16.
+Broomé 2022 §5.1 (dataset) and §5.3 (cross-domain study); spec §1.1, ambiguities 13, 15, 16.
 The class is the *trajectory*; the object's appearance carries no class signal. Clips are 20 frames
 of 64x64 grayscale, ``uint8 [T, H, W, 1]``, in four domains:
 
@@ -312,7 +312,7 @@ def temporal_shapes(
     classes: list[str] | None = None,
     exact_width: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Generate ``num`` Temporal Shape clips in memory (seed 000 [T] §5.1).
+    """Generate ``num`` Temporal Shape clips in memory (Broomé 2022 §5.1).
 
     Returns ``(videos, labels, class_names)``: videos uint8 ``[N, T, H, W, 1]`` (T = ``frames``,
     H = W = ``size``), labels int64 ``[N]`` indexing ``class_names`` (CLASSES order, restricted to

@@ -20,7 +20,7 @@ from kinetoscope.models.inference import clip_logits, model_inputs
 
 class VideoClassifier(pl.LightningModule):
     """Cross-entropy training of any registered model; per-frame models get the clip label at every
-    frame (seed 000 [T] §3.2: the video label is copied to every clip and frame)."""
+    frame (Broomé 2022 §3.2: the video label is copied to every clip and frame)."""
 
     def __init__(
         self, model: torch.nn.Module, num_classes: int, optim: OptimConfig, loss: str = "ce"
@@ -41,7 +41,7 @@ class VideoClassifier(pl.LightningModule):
         return self.model(*model_inputs(self.model, batch))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.loss_name == "bce":  # seed 000: sigmoid units + BCE on one-hot targets (spec ambiguity 20)
+        if self.loss_name == "bce":  # Broomé 2022: sigmoid units + BCE on one-hot targets (spec ambiguity 20)
             target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
             if logits.ndim == 3:
                 target = target[:, None].expand_as(logits)
@@ -54,7 +54,7 @@ class VideoClassifier(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         towers = getattr(self.model, "forward_towers", None)
         if towers is not None:
-            # Two-stream networks with several towers: one loss per tower, summed (seed 004 §3.3.4);
+            # Two-stream networks with several towers: one loss per tower, summed (Feichtenhofer 2017 §3.3.4);
             # the clip score is the towers' mean, as in the model's forward.
             outputs = list(towers(*model_inputs(self.model, batch)).values())
             loss = sum(self._loss(o, batch["label"]) for o in outputs)
@@ -122,7 +122,7 @@ class VideoClassifier(pl.LightningModule):
         warmup = o.warmup_steps
 
         def factor(step: int) -> float:
-            """Seed 002: lr0 * 1/2 (1 + cos(pi n / n_max)), after a linear warm-up of ``warmup`` steps."""
+            """Stergiou 2021: lr0 * 1/2 (1 + cos(pi n / n_max)), after a linear warm-up of ``warmup`` steps."""
             ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
             return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
