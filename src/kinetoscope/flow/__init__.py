@@ -1,7 +1,7 @@
 """Optical flow: OpenCV Farnebäck / Dual TV-L1 / DIS, encodings, per-frame caching, visualisation.
 
 Broomé 2022 §3.2 (Farnebäck at 16 fps matched to 2 fps RGB, magnitude channel, min-max images),
-Feichtenhofer 2017 Ch. 3 (TV-L1, ±20 px uint8 quantisation, stacks of L = 10 fields), seed 005 (flow for
+Feichtenhofer 2017 Ch. 3 (TV-L1, ±20 px uint8 quantisation, stacks of L = 10 fields), Ilic 2024 (flow for
 appearance-free videos). See docs/flow.md.
 """
 

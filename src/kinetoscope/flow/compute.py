@@ -1,12 +1,13 @@
 """Dense optical flow between frames with OpenCV: Farnebäck, Dual TV-L1 and DIS.
 
-* ``farneback`` — ``cv2.calcOpticalFlowFarneback`` with the settings of Broomé 2022 §3.2 (*code*,
-  digest §1.3): grayscale, ``pyr_scale 0.5, levels 3, winsize 15, iterations 3, poly_n 5, poly_sigma
+* ``farneback`` — ``cv2.calcOpticalFlowFarneback`` with the settings of Broomé 2022 §3.2 (and the
+  authors' code): grayscale, ``pyr_scale 0.5, levels 3, winsize 15, iterations 3, poly_n 5, poly_sigma
   1.2, flags 0``; the large window gives the soft, blurry flow the pain models were trained on.
 * ``tvl1`` — ``cv2.optflow.DualTVL1OpticalFlow`` (opencv-contrib) with OpenCV's defaults, the
   flow of the two-stream networks of Feichtenhofer 2017 Ch. 3–5 (*code*: ``gpu_flow`` uses Dual-TV-L1 defaults).
 * ``dis`` — ``cv2.DISOpticalFlow`` (Kroeger et al. 2016) with the ``ultrafast | fast | medium``
-  presets; the fast alternative named by seed 005's digest (``ilic.md`` "flow": fallback to DIS).
+  presets; the fast fallback when RAFT is unavailable (Ilic 2024 §4.3 uses RAFT; see docs/deviations.md,
+  'Appearance-free flow without RAFT weights').
 * ``raft`` — RAFT (Teed & Deng 2020), the flow of Ilic 2024 §4.3 / §4.5, implemented in
   :mod:`kinetoscope.flow.raft` with torchvision's trained weights (imported once; not downloadable
   here). It runs on colour frames, batched, on any torch device.
@@ -50,7 +51,7 @@ def farneback(
     poly_sigma: float = 1.2,
     flags: int = 0,
 ) -> Estimator:
-    """Farnebäck polynomial-expansion flow; defaults are Broomé 2022's (digest §1.3)."""
+    """Farnebäck polynomial-expansion flow; defaults are Broomé 2022's (§3.2 and the authors' code)."""
 
     def estimate(previous: np.ndarray, following: np.ndarray) -> np.ndarray:
         return cv2.calcOpticalFlowFarneback(
