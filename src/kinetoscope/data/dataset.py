@@ -1,6 +1,6 @@
 """Clip datasets over a cached dataset directory (see ``kinetoscope.data.cache``).
 
-A sample is the batch dict of DESIGN.md: ``video`` float32 ``[C, T, H, W]`` in [0, 1] (before any
+A sample is the batch dict of docs/architecture.md: ``video`` float32 ``[C, T, H, W]`` in [0, 1] (before any
 ``Normalize``), ``label`` (class index), ``video_id``, ``subject``, ``clip_index``; ``flow`` float32
 ``[2|3, T, H, W]`` with ``flow=True``.
 

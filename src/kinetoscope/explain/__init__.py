@@ -1,6 +1,6 @@
-"""Explanations: which frames and which regions a video model used (DESIGN.md ``explain/``).
+"""Explanations: which frames and which regions a video model used (docs/explain.md).
 
-Temporal masks and Grad-CAM for video (Mänttäri 2020 §3; spec ``broome-and-manttari.md`` §3),
+Temporal masks and Grad-CAM for video (Mänttäri 2020 §3),
 blob / mask statistics with Welch's t-test, rendering (GIF, PNG contact sheets) and ``explain_run``
 for a run directory. Every method is an entry of ``kinetoscope.registry.EXPLAINERS``.
 """

@@ -1,6 +1,6 @@
 """Activation maximisation for video models: the input clip (and flow clip) that most excites a unit or a
-class (Feichtenhofer 2017 ch. 6 §6.3, Eqs. 6.1–6.7, §6.4; spec ``feichtenhofer.md`` "explain — activation
-maximisation" and ambiguities 10–11).
+class (Feichtenhofer 2017 ch. 6 §6.3, Eqs. 6.1–6.7, §6.4; see docs/deviations.md,
+'Activation maximisation: regulariser sums, λ_TV and iterations').
 
     x* = argmax_x  (1 / (ρ_l² · â_{l,c})) · ⟨a_l(x), e_c⟩ − Σ_r λ_r R_r(x)                    (Eq. 6.1)
 
@@ -11,13 +11,13 @@ maximisation" and ambiguities 10–11).
   unit's input gradient (the whole frame for class logits); ``â_{l,c}`` the largest activation of the
   unit on the clips passed in (the "validation data"; its magnitude when it is not positive, 1 when 0).
 * ``R_B(x) = Σ_{i,j,k} (Σ_d x²)^{α/2}``, +∞ when any pixel norm exceeds ``B`` (Eq. 6.2, summed over
-  i, j, k — ambiguity 10). The +∞ barrier is enforced by projecting every pixel onto the ball of
+  i, j, k — see docs/deviations.md). The +∞ barrier is enforced by projecting every pixel onto the ball of
   radius B after each step; the finite part is the penalty.
 * ``TV2D`` squared spatial forward differences (Eq. 6.3); ``TV3D(κ) = κ·(spatial + temporal)`` (Eq. 6.4);
   ``TV2D1D(χ) = spatial + χ·temporal`` (Eq. 6.5; χ = 0 is TV2D). Appearance (rgb) streams use
   ``R_B + TV2D``; motion (flow) streams ``R_B + TV_m``, ``m`` = ``regulariser`` (Eq. 6.7).
 * Constants (§6.4): α = 3, B = 160, V = B / 6.5, ``λ_B = 1 / (H W B^α)``, ``λ_TV,rgb = 1 / (H W V²)``
-  ("HWW²" is a typo, ambiguity 4), ``λ_TV,flow = 10 λ_TV,rgb`` for every motion regulariser; the sweeps
+  ("HWW²" is a typo), ``λ_TV,flow = 10 λ_TV,rgb`` for every motion regulariser; the sweeps
   use κ ∈ {10, 5, 2.5, 1}, χ ∈ {10, 5, 1, 0}.
 * Balance (deviation): with these λ each regulariser is O(1) per frame while Eq. 6.1's data term is
   ``1/ρ²`` at the data maximum â (10⁻³ for ρ = 32): taken literally, the optimisation only smooths the
@@ -33,7 +33,7 @@ maximisation" and ambiguities 10–11).
   the squared gradients accumulated over a sliding window (an exponential window, ``decay``, as in
   AdaDelta), ``x ← x + η_t g / (√G + ε)``, with ``η_t`` decreasing linearly from ``step_size`` to
   ``step_size / 10``; started from a random input. Iterations and step size are not given in the thesis
-  (ambiguity 11): ``steps=200``, ``step_size=B/40`` pixel levels.
+  (docs/deviations.md): ``steps=200``, ``step_size=B/40`` pixel levels.
 
 Every clip of the batch is optimised independently (its own random start and target; the model is in
 eval mode, so the clips do not interact), which makes the optimisation of B targets one batched run.

@@ -2,7 +2,7 @@
 
 Explainers (temporal masks, Grad-CAM, and later Saliency Tubes, Class Feature Pyramids, activation
 maximisation) look at *one* input stream of a model. A one-stream model takes a tensor; a
-two-stream model (``streams = ("rgb", "flow")``, ``forward(rgb, flow)``, DESIGN.md conventions) is
+two-stream model (``streams = ("rgb", "flow")``, ``forward(rgb, flow)``, docs/architecture.md conventions) is
 explained on a chosen stream while the other is passed through unchanged. :class:`StreamForward`
 wraps that choice so the methods only ever see ``f(x [B, C, T, H, W]) -> logits [B, K]``.
 

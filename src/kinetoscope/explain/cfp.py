@@ -1,11 +1,11 @@
 """Class Feature Pyramids: the channels, layer by layer, that a class decision flows through (Stergiou 2021
-ch. 7 §7.5, Eqs. 7.2–7.5, Fig. 7.9, Table 7.1; spec ``stergiou.md`` §3.2 and ambiguity 3).
+ch. 7 §7.5, Eqs. 7.2–7.5, Fig. 7.9, Table 7.1; see docs/deviations.md, 'Class Feature Pyramids threshold').
 
 1. **Class features** (Eqs. 7.2–7.3). At the explained layer ``L`` (``model.explain_layer``) with
    activations ``a^L`` and class ``c`` (predicted unless given), keep channel ``j`` when
    ``minmax_j(W[c, j] · pool_st(a^L)_j) ≥ θ``. ``W[c, j]`` is the classifier weight behind global
    average pooling, read as ``Σ_r ∂y_c / ∂a^L_j(r)`` (identical for GAP -> linear heads; see
-   ``explain/tubes.py``). Eq. 7.3's ``σ(a* + θ) > 0`` is always true (ambiguity 3): the min-max-normalised
+   ``explain/tubes.py``). Eq. 7.3's ``σ(a* + θ) > 0`` is always true: the min-max-normalised
    score is thresholded instead.
 2. **Back-step** l -> l−1 (Eqs. 7.4–7.5). For a kept output channel ``j`` of a conv with kernel ``k``
    (C_l × C_{l−1} × kT × kH × kW): ``r_j = mean_extent(k_j) ⊙ pool_st(a^{l−1})``, min-maxed over the

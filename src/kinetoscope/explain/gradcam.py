@@ -1,11 +1,11 @@
 """Grad-CAM for video with one weight per channel *per time step* (Mänttäri 2020 §3.2, Eq. 2; Broomé 2022
-Broomé 2022 §5.2, Eq. 5.2; spec ``broome-and-manttari.md`` §3.2 and ambiguity 8).
+§5.2, Eq. 5.2; see docs/deviations.md, 'Grad-CAM on ConvLSTMs').
 
     L^c_{ijt} = ReLU(Σ_k w^c_{kt} A^k_{ijt}),    w^c_{kt} = (1 / Z) Σ_{ij} ∂F^c / ∂A^k_{ijt},  Z = H'W'
 
 ``A`` is the output of the model's ``explain_layer`` (a dotted module name resolved with
 ``model.get_submodule``): ``[B, K, T', H', W']`` for 3D CNNs (I3D: Mixed_5c, T' = T/2) and the hidden
-states ``[B, h, T, H', W']`` of the last ConvLSTM layer. ``F^c`` is the class logit (ambiguity 8;
+states ``[B, h, T, H', W']`` of the last ConvLSTM layer. ``F^c`` is the class logit (
 ``score="softmax"`` uses the probability). ``time_pooled_weights=True`` averages the weights over
 time too, as the authors' PyTorch I3D code does. Maps are upsampled bilinearly to the input frame
 size; a coarser time axis is repeated over the input frames it covers (``time_upsampling="repeat"``)

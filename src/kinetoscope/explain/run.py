@@ -1,5 +1,5 @@
 """``kinetoscope explain``: explain chosen clips of a trained run and write the files under
-``RUN/explanations/`` (DESIGN.md run directory; issue 7 items 5–6).
+``RUN/explanations/`` (the run directory of docs/architecture.md).
 
 For every clip: ``<method>/<clip>.npz`` (mask, heat-maps, target), one GIF with the panels of seed
 001 Mänttäri 2020 Fig. 2 (original, Grad-CAM overlay, freeze-perturbed, mask timeline) and one PNG contact

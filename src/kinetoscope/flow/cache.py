@@ -6,7 +6,7 @@ flow too (data/dataset.py). Field ``t`` is the flow of the adjacent pair chosen 
 :func:`~kinetoscope.flow.compute.flow_pairs` (default ``forward``: the motion from frame ``t`` to the
 next frame of the flow-rate sequence; the last frame reuses the last pair).
 
-Rate (Broomé 2022 §3.2, digest §1.3): with ``FlowSpec.fps`` set (16 in the seed) flow is computed
+Rate (Broomé 2022 §3.2): with ``FlowSpec.fps`` set (16 in Broomé 2022) flow is computed
 between adjacent frames of the video decoded at that rate and matched to the RGB frames by timestamp
 (:func:`~kinetoscope.flow.compute.match_times`; at 2 fps RGB, frame ``k`` takes the pair ``(8k,
 8k+1)`` of the 16 fps video), so it measures 1/16 s of motion however sparse the RGB frames are.

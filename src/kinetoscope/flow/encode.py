@@ -1,12 +1,12 @@
 """Flow encodings: raw float16, clipped-and-quantised uint8, magnitude channel, min-max images, stacks.
 
 * :func:`to_float16` / :func:`from_float16` — the cache format (``flow/<id>.npy``, data/cache.py).
-* :func:`jpeg_clip` / :func:`decode` — Feichtenhofer 2017's code (digest ``feichtenhofer.md`` "flow"): per
+* :func:`jpeg_clip` / :func:`decode` — Feichtenhofer 2017's code: per
   component ``q = clip(round(255 (x + 20) / 40), 0, 255)``, stored as grayscale JPEGs, network input
   ``q - 128`` (:func:`centred`). ``decode`` inverts it up to half a quantisation step (``20/255`` px)
   for ``|x| <= 20``; larger displacements come back as ±20.
 * :func:`with_magnitude` — Broomé 2022 §3.2: channels ``(u, v, sqrt(u² + v²))``.
-* :func:`minmax_uint8` — Broomé 2022's code (digest §1.3): each flow frame min-max scaled to 0–255 (it
+* :func:`minmax_uint8` — Broomé 2022's code: each flow frame min-max scaled to 0–255 (it
   was stored as JPEG); §3.3 then divides by 255 (:func:`unit_range`). Kinetoscope scales each frame
   over all its channels together (one min and max per frame, as ``cv2.normalize(..., NORM_MINMAX)``
   does on a 3-channel image), so the ratio of u, v and magnitude is kept; ``per_channel=True`` scales

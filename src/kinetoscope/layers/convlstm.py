@@ -4,7 +4,8 @@
     S_t     = f o S_{t-1} + i o tanh(W_c * X_t + U_c * H_{t-1} + b_c)
     H_t     = o o tanh(S_t)
 
-no peepholes, zero initial states, 'same' padding. The candidate uses tanh (spec ambiguity 12).
+no peepholes, zero initial states, 'same' padding. The candidate uses tanh (see docs/deviations.md,
+'ConvLSTM candidate activation').
 Biases: the input convolution always has one per gate; ``hidden_bias=True`` gives the hidden
 convolution its own too (the PyTorch layout of the Temporal Shape code, whose parameter counts
 571 ... 433,253 need it); ``hidden_bias=False`` is the Keras layout of the pain models (731,522).

@@ -13,7 +13,7 @@ temporal pooling fuses neighbouring frames into "afterimages"):
 
 Scores are computed without gradient (the choice is discrete); the gradient flows through the kept frames.
 
-Deviation from the author's public code (spec ``stergiou.md`` §1.2, ambiguity 4): the code squares the
+Deviation from the author's public code (see docs/deviations.md, 'Triplet-cosine frame selection'): the code squares the
 cosines, scores interior frames only and keeps the frames with the **highest** scores; this follows the
 thesis text and Eq. 5.7 (lowest). Eq. 5.7's index ``P(θ_n, θ_{n+1})`` centres the triplet on ``n+1``;
 the prose centres it on ``t`` (preceding and succeeding frame), which is used here.

@@ -6,7 +6,7 @@ giving T steps of C-vectors; a two-layer recurrent net with input = hidden = C r
 states ``h [B, C, T]`` are broadcast back over space and multiplied in: ``a* = a ⊙ h`` (no extra sigmoid;
 the thesis multiplies the hidden states in directly). Cells:
 
-* ``"lstm"`` — Eqs. 4.1-4.5 (``nn.LSTM``; Eq. 4.5's ``a^[l-1]`` is a typo for ``a^[l]``, ambiguity 7);
+* ``"lstm"`` — Eqs. 4.1-4.5 (``nn.LSTM``; Eq. 4.5's ``a^[l-1]`` is a typo for ``a^[l]``; see docs/deviations.md, 'SRTG equations');
 * ``"gru"`` — Eqs. 5.8-5.11 (MTNet). Eq. 5.10 applies the reset gate to ``h_{t-1}`` *before* the hidden
   matmul, ``h~ = tanh(W_h [r ⊙ h_{t-1}, x] + b)``; ``nn.GRU`` applies it after (``r ⊙ (W_hn h + b_hn)``).
   ``exact_gru=True`` (default) runs the thesis' cell (:class:`ExactGRU`, a Python loop over T);
@@ -19,7 +19,7 @@ them): LSTM ``2(8C² + 8C)``, GRU ``2(6C² + 6C)``, RNN ``2(2C² + 2C)``.
 **Cycle-consistency gate** (§4.3.2). Per sample, ``A = pool_s(a)`` and ``B = h`` (both T x C). The soft
 nearest neighbour of ``A_t`` in B is ``B~_t = Σ_i α_i B_i``, ``α = softmax_i(-‖A_t - B_i‖² / τ)`` (Eq. 4.6;
 the thesis has no temperature, ``τ = 1``), and ``j(t) = argmin_i ‖B~_t - B_i‖²`` (Eq. 4.7, which must index
-``B_i``, ambiguity 7). A->B is consistent iff ``j(t) = t`` for every t; the same is done B->A; the pair is
+``B_i``). A->B is consistent iff ``j(t) = t`` for every t; the same is done B->A; the pair is
 cycle-consistent iff both are. Gate states (Fig. 4.4): **inactive** (``gate=False``: no check, always
 ``a ⊙ h`` — plain SR, what the author's released SRTG constructors build), **active-closed** (not
 consistent: return ``a``) and **active-open** (consistent: ``a ⊙ h``). The decision is taken per sample

@@ -6,7 +6,7 @@ For every window R of the last 1, 2 or 3 dimensions (per sample and channel)::
 
 so the output lies between the window mean (all a_i equal) and the window max (one a_i dominating).
 Pooling geometry is ordinary pooling: no padding, ``floor((D - k) / s) + 1`` outputs per dimension,
-stride defaults to the kernel (spec ``stergiou.md`` §1.1). The CUDA kernel of the author's public code
+stride defaults to the kernel (Stergiou 2021 §5.3.1). The CUDA kernel of the author's public code
 yields ``D // s`` outputs with windows offset by ``-k/2``; that geometry is not copied.
 
 Computation (vectorised, no loop over windows):

@@ -1,5 +1,5 @@
 """Two-stream building blocks: spatial and temporal fusion, flow stacking, temporal filter inflation,
-sub-batch BatchNorm (Feichtenhofer 2017; digest ``spec/feichtenhofer.md`` "layers").
+sub-batch BatchNorm (Feichtenhofer 2017).
 
 Everything works on the Conv3d layout ``[B, C, T, H, W]``; a two-stream "chunk" network (2D ConvNet
 applied per frame) is a network of ``1 x k x k`` convs, so the T chunks ride along in the time axis.
@@ -10,12 +10,13 @@ applied per frame) is a network of ``1 x k x k`` convs, so the T chunks ride alo
   (Eq. 3.5, per frame, with the signed square root and L2 normalisation used before the SVM). With a
   ``3 x 3 x 3`` kernel the conv fusion is Ch. 3's 3D conv fusion (§3.3.3, Eq. 3.6), its identities
   spread over a normalised Gaussian (σ = 1) and weighted 0.25 (appearance) / 0.75 (motion) — the
-  *(code)* values of spec ambiguity 3 ("motion ×3").
+  authors' code values (the text: "motion ×3"; see docs/deviations.md, 'Two-stream fusion
+  initialisation and the motion stream's conv1').
 * :func:`pool3d` — 3D max pooling ("pool5", *(code)* kernel 2x2x5 = ``(5, 2, 2)``, stride 2).
 * :func:`stack_flow` — L flows around each chunk stacked to ``2L`` channels, interleaved u1, v1, u2, ...
   (the *(code)* layout, centre frame t covers t-L/2 ... t+L/2-1).
 * :func:`inflate_first_conv` — the motion stream's conv1 from an RGB conv1 (Ch. 4 §4.3.1 "replicating
-  the three RGB filter channels to 2L = 20"); spec ambiguity 1: mean over RGB, tiled to 2L, scaled by
+  the three RGB filter channels to 2L = 20"); the mean over RGB, tiled to 2L, scaled by
   3/(2L) so a flow stack whose channels all equal one grey image gives the RGB filter's response.
 * :func:`inflate_temporal` — Ch. 4 Eq. 4.5: a ``1x1`` conv becomes ``1x1xT'`` with weights ``w/T'``.
 * :class:`IdentityTemporalConv` — Ch. 5 §5.3.3: ``x * (1 ⊗ f) + b`` with f = [0, 1, 0] (exact no-op) or
@@ -187,7 +188,7 @@ def inflate_first_conv(
 ) -> torch.Tensor:
     """An RGB conv1 weight ``[O, 3, ...]`` turned into one for ``in_channels`` (2L) flow channels.
 
-    ``mean`` (spec ambiguity 1): the mean over RGB tiled to ``in_channels``; ``replicate``: the RGB
+    ``mean`` (docs/deviations.md, 'Two-stream fusion initialisation and the motion stream's conv1'): the mean over RGB tiled to ``in_channels``; ``replicate``: the RGB
     filters repeated cyclically (r, g, b, r, g, b, ...). ``rescale`` multiplies by ``3 / in_channels``,
     so the summed response keeps the RGB filter's scale.
     """

@@ -1,7 +1,7 @@
 """Architectures, each registered by name: ``create_model(name, num_classes, in_channels, **options)``.
 
 Every module in this package is imported on first use, so a new model file only needs its
-``@register_model`` decorator. Conventions (DESIGN.md): ``forward(x)`` for one stream or
+``@register_model`` decorator. Conventions (docs/architecture.md): ``forward(x)`` for one stream or
 ``forward(rgb, flow)`` for two (class attribute ``streams``), logits ``[B, K]`` (or ``[B, T, K]``
 with ``per_frame = True``), and ``explain_layer`` naming the module Grad-CAM should look at.
 """

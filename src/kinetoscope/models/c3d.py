@@ -1,7 +1,7 @@
 """C3D-style / VGG-style 3D CNN with configurable widths and depth (Broomé 2022 §5.4).
 
 A stack of blocks ``Conv3d(k x k x k, bias, 'same' padding) -> ReLU -> [2x2x2 pool] -> BatchNorm3d
--> Dropout3d`` (the block order of Broomé 2022's code, spec §2.3 / *(code)*), then a classifier:
+-> Dropout3d`` (the block order of Broomé 2022's code), then a classifier:
 ``head="avgpool"`` (global average over time and space -> Linear) or ``head="flatten"`` (flattened final
 volume -> Linear, needs ``frames`` and ``input_size``).
 

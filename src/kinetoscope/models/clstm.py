@@ -1,4 +1,4 @@
-"""C-LSTM of Mänttäri 2020 (§4.2, = Broomé 2022 §5.2; spec §2.2): the recurrent model compared with I3D.
+"""C-LSTM of Mänttäri 2020 (§4.2, = Broomé 2022 §5.2): the recurrent model compared with I3D.
 
     [ConvLSTM(32, 5x5, stride 2, full sequence) -> BN -> 2x2 max-pool per step] x 3 (2 for KTH)
     flatten the whole final sequence -> dense K
@@ -8,7 +8,7 @@ layer sees 32*3*3*16 = 4,608 features. The ConvLSTMs use the Keras layout of the
 bias per gate, none on the recurrent kernel).
 
 Parameter count: the paper reports 1,324,014 at 174 classes. The ConvLSTMs and the dense layer give
-exactly 1,323,950 (tested); the spec attributes the remaining 64 to BatchNorm, which the described
+exactly 1,323,950 (tested); the remaining 64 are attributed to BatchNorm, which the described
 layout (a BN after each of the three layers: 3 x 64 trainable) cannot give exactly — this model
 has 1,324,142 trainable parameters. The difference is recorded rather than patched.
 """

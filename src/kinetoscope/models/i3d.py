@@ -1,6 +1,6 @@
 """Inception-v1 I3D (Carreira & Zisserman 2017) as trained from scratch in Mänttäri 2020 (§4.2).
 
-Implements spec broome-and-manttari.md §2.2 and ambiguity 11. Layout (Carreira & Zisserman's Fig. 3,
+Layout (Carreira & Zisserman's Fig. 3,
 reproduced as Mänttäri 2020 Fig. 1): three conv units ``Conv3d_1a_7x7``, ``Conv3d_2b_1x1``, ``Conv3d_2c_3x3``;
 nine Inception modules ``Mixed_3b`` ... ``Mixed_5c``; four max-pools ``MaxPool3d_2a``, ``_3a``, ``_4a``,
 ``_5a``; a 1x1x1 ``Logits`` conv whose per-step outputs are averaged over time.
@@ -8,7 +8,7 @@ nine Inception modules ``Mixed_3b`` ... ``Mixed_5c``; four max-pools ``MaxPool3d
 Temporal strides. The original network reduces ``L`` input frames to ``L/8`` steps at ``Mixed_5c``
 (temporal stride 2 in ``Conv3d_1a_7x7``, ``MaxPool3d_4a`` and ``MaxPool3d_5a``). Mänttäri 2020 §4.2 reduces "the
 first convolutional layer and the second max pooling layer" to stride 1x2x2 so Grad-CAM keeps ``L/2``
-steps; the second max-pool already has temporal stride 1, so (ambiguity 11) the default here is stride 1
+steps; the second max-pool already has temporal stride 1, so (see docs/deviations.md, 'I3D temporal strides') the default here is stride 1
 in ``Conv3d_1a_7x7`` and ``MaxPool3d_4a`` — ``temporal_strides=(1, 1, 2)``. ``(2, 2, 2)`` gives the
 original ``L/8``.
 

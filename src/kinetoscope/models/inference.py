@@ -1,7 +1,7 @@
 """Running a model over clips: stream routing, per-frame outputs, batched scoring.
 
 Shared by training, evaluation and explanation so every caller feeds models the same way
-(DESIGN.md conventions: ``streams`` says which batch entries a model takes; ``per_frame`` models
+(docs/architecture.md conventions: ``streams`` says which batch entries a model takes; ``per_frame`` models
 return ``[B, T, K]``).
 """
 

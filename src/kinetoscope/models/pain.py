@@ -1,4 +1,4 @@
-"""The equine-pain ConvLSTMs of Broomé 2022 §3.2 (spec §2.1): ConvLSTM-1 and the two-stream ConvLSTM-2.
+"""The equine-pain ConvLSTMs of Broomé 2022 §3.2: ConvLSTM-1 and the two-stream ConvLSTM-2.
 
     ConvLSTM-1  [B, 3, 10, 128, 128]
       4 x [ConvLSTM(32, 5x5, stride 1, full sequence) -> 2x2 max-pool per step -> BN]   [B, 32, 10, 8, 8]
@@ -10,9 +10,9 @@ Parameter counts as the thesis counts them (Keras: trainable parameters plus the
 mean and variance; the ConvLSTM recurrent kernel has no bias): 731,522 and 1,458,946 at 128², 2
 classes. :func:`keras_param_count` computes that figure; ``sum(p.numel())`` is 256 (512) lower.
 
-Deviations, all documented in the spec's ambiguity list:
+Deviations:
 - Head: Keras uses 2 sigmoid units + BCE; here 2 logits per frame; the loss (CE or BCE on one-hot
-  targets, spec ambiguity 20) is chosen by ``train.loss``. The clip verdict is the majority vote of
+  targets; see docs/deviations.md, 'Pain head: two sigmoid units and BCE') is chosen by ``train.loss``. The clip verdict is the majority vote of
   the per-frame argmax with a seeded random tie-break (:func:`vote_over_frames`, Broomé 2022 §3.2) or the mean.
 - ``head="clip"`` gives the §3.3 variant: the whole 10-step output flattened into one dense layer,
   clip-level loss (``per_frame = False``).

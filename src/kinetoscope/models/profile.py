@@ -1,7 +1,7 @@
 """Model profiling: parameters, FLOPs, activation memory and CPU latency (issue 4, item 7).
 
 The figures the documents report next to accuracy (e.g. Feichtenhofer 2017's GFLOPs / params / latency tables,
-spec stergiou.md §4-5; Mänttäri 2020 §4.2 parameter counts):
+Stergiou 2021 Ch. 4-5; Mänttäri 2020 §4.2 parameter counts):
 
 - **params** / **trainable_params**: ``sum(p.numel())`` over ``model.parameters()`` (BatchNorm running
   statistics are buffers and are not counted).

@@ -2,7 +2,7 @@
 
 Source: Tran et al., "A Closer Look at Spatiotemporal Convolutions for Action Recognition" (CVPR 2018),
 in the layout of torchvision's video ResNets (``torchvision.models.video.resnet``); the documents use
-these as baselines (Stergiou 2021, spec ``stergiou.md`` §2.1 SRTG ResNets; Ilic 2024, spec ``ilic.md``
+these as baselines (Stergiou 2021 Ch. 4, the SRTG ResNets; Ilic 2024
 benchmark rows R(2+1)D 16x4).
 
 What varies between the members is only
@@ -16,7 +16,7 @@ What varies between the members is only
 
 The (2+1)D mid-channel rule (Tran et al. §3.5) keeps the factorised conv at the parameter count of the full
 3D conv it replaces: ``M = floor(t·d²·N_in·N_out / (d²·N_in + t·N_out))`` with t = 3, d = 3. As in
-torchvision and the SRTG code (spec ``stergiou.md`` §2.1), M is computed once per block from the block's
+torchvision and the SRTG code, M is computed once per block from the block's
 input and stage widths and used by all of that block's factorised convs.
 
 Widths 64/128/256/512, strides 1/2/2/2 (in time too, except MC3's 2D stages), no max-pool after the stem,
@@ -28,7 +28,7 @@ key mapping lives in ``kinetoscope.models.weights``).
 
 Deviation, depths 50/101: the bottleneck's ``expansion`` defaults to **1** (1x1x1 -> 3x3x3 -> 1x1x1 all at
 stage width), the layout of the SRTG code whose plain baselines the documents report (r3d-50 36.72M,
-r3d-101 69.06M, r(2+1)d-50 34.86M, r(2+1)d-101 67.22M; spec ``stergiou.md`` §2.1). ``bottleneck_expansion=4``
+r3d-101 69.06M, r(2+1)d-50 34.86M, r(2+1)d-101 67.22M; Stergiou 2021 Tables 4.2, 4.5). ``bottleneck_expansion=4``
 gives the layout of torchvision's ``VideoResNet(Bottleneck, ...)`` (ImageNet-style 4x expansion).
 """
 
@@ -313,7 +313,7 @@ def r3d_18(num_classes: int = 400, in_channels: int = 3, dropout: float = 0.0) -
 
 @register_model("r3d_34")
 def r3d_34(num_classes: int = 400, in_channels: int = 3, dropout: float = 0.0) -> VideoResNet:
-    """R3D-34: the SRTG baseline r3d-34 (spec stergiou.md §2.1, 63.68M reported)."""
+    """R3D-34: the SRTG baseline r3d-34 (Stergiou 2021 Table 4.2: 63.68M)."""
     return video_resnet("r3d", 34, num_classes, in_channels, dropout)
 
 
@@ -353,7 +353,7 @@ def r2plus1d_18(num_classes: int = 400, in_channels: int = 3, dropout: float = 0
 
 @register_model("r2plus1d_34")
 def r2plus1d_34(num_classes: int = 400, in_channels: int = 3, dropout: float = 0.0) -> VideoResNet:
-    """R(2+1)D-34: the SRTG baseline r(2+1)d-34 (spec stergiou.md §2.1, 61.83M reported)."""
+    """R(2+1)D-34: the SRTG baseline r(2+1)d-34 (Stergiou 2021 Table 4.2: 61.83M)."""
     return video_resnet("r2plus1d", 34, num_classes, in_channels, dropout)
 
 

@@ -1,5 +1,5 @@
 """SRTG ResNets: R3D and R(2+1)D at depths 34/50/101 with one Squeeze and Recursion Temporal Gate per
-residual block (Stergiou 2021 §4.3.3, Fig. 4.5; spec ``stergiou.md`` §2.1).
+residual block (Stergiou 2021 §4.3.3, Fig. 4.5).
 
 The backbone is :class:`kinetoscope.models.resnet3d.VideoResNet` unchanged (3x7x7 stem or its (2+1)D
 factorisation, widths 64/128/256/512, expansion-1 bottlenecks at 50/101); only the block differs:
@@ -16,14 +16,14 @@ factorisation, widths 64/128/256/512, expansion-1 bottlenecks at 50/101); only t
 | final     | after the sum and ReLU (**default**, best in Table 4.1) | basic, bottleneck | stage width |
 
 "Top" feeds "the final conv" in the thesis, but conv2 comes next in a bottleneck: placed after conv1
-(ambiguity 8). "Res" applies to every shortcut (the author's public code: projections only).
+(see docs/deviations.md, 'SRTG placement'). "Res" applies to every shortcut (the author's public code: projections only).
 
 Gate: ``gate=True`` (default) is the thesis' SRTG — fuse only when ``pool_s(a)`` and the LSTM's hidden
 states are cycle-consistent; ``gate=False`` is the inactive state, plain SR (always fuse), which is what
 the author's released constructors build.
 
 Parameter counts at 400 classes (tests/test_srtg.py; SR adds exactly ``Σ_blocks 2(8C² + 8C)``, 20,179,968
-at depths 34/50 and 38,075,392 at 101), against the thesis (spec §2.1; Tables 4.2, 4.5):
+at depths 34/50 and 38,075,392 at 101), against the thesis (Tables 4.2, 4.5):
 
 | model             | here        | thesis  |
 |-------------------|-------------|---------|

@@ -25,7 +25,7 @@ Parameters (num_classes = 101, L = 10, ‡): 2 x 23,714,981 (ResNet-50) + 53,312
 
 Deviations: BatchNorm is ordinary (Ch. 5 gives no BN batch size; ``bn_sub_batch`` is available);
 "dropout 0.8 after the final classification layer" (motion stream) is read as dropout on the pooled
-features (spec ambiguity 8), off by default.
+features, off by default (see docs/deviations.md, 'ST-Multiplier dropout').
 """
 
 from __future__ import annotations

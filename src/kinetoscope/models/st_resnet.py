@@ -26,7 +26,8 @@ stream's logits for the two-loss training of the thesis.
 Parameters (num_classes = 101, L = 10): 2 x 23,714,981 (ResNet-50) + 53,312 for the 20-channel conv1 +
 2 x 5,570,560 for the temporal 1x1x3 filters = 58,624,394 (the thesis gives no count).
 
-Deviations: Table 4.1's pool5 receptive field 47τ (spec ambiguity 5) is not reproduced; the pool
+Deviations: Table 4.1's pool5 receptive field 47τ is not reproduced (see docs/deviations.md,
+'ST-ResNet pool5 receptive field'); the pool
 window is clamped to the clip length for clips shorter than 5 chunks.
 """
 

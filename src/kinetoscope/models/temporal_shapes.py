@@ -1,4 +1,4 @@
-"""The two model families of the frame-dependency study (Broomé 2022 §5.3; spec §2.3).
+"""The two model families of the frame-dependency study (Broomé 2022 §5.3).
 
 Width ``hidden`` (h) and depth ``blocks`` are the study's knobs; the paper uses 3 blocks and
 h in {1, 2, 3, 5, 8, 12, 16, 24, 32, 48}, 64x64 grayscale inputs of 20 frames.

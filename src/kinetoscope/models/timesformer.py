@@ -13,7 +13,7 @@ per frame), linearly embedded to ``D`` channels, and a learned classification to
 The classification token attends to all tokens in both attentions; the head reads it after a final
 LayerNorm.
 
-Broomé 2022 trained the TimeSformer of the ``timesformer-pytorch`` package (spec §2.3, *(code)*), and this
+Broomé 2022 trained the TimeSformer of the ``timesformer-pytorch`` package (the authors' code), and this
 module follows that variant so the documents' parameter counts carry over: queries/keys/values without
 bias, a GEGLU feed-forward of width ``4D``, no ``temporal_fc`` after time attention, and rotary position
 embeddings (1-D over frames for time attention, axial 2-D over rows/columns for space attention) instead

@@ -1,6 +1,6 @@
 """Studies that orchestrate training, evaluation and explanation into one command with a report:
 the demo, cross-validation protocols, transfer, the probing suites.
 
-Import order (DESIGN.md, extended): ``train, evaluate, explain -> report -> suites -> cli``. Protocols
+Import order (docs/architecture.md): ``train, evaluate, explain -> report -> suites -> cli``. Protocols
 that *train* cannot live in ``evaluate`` (a peer of ``train``), so they live here.
 """

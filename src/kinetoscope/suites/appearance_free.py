@@ -1,6 +1,6 @@
 """``kinetoscope suite appearance-free``: accuracy on RGB vs appearance-free videos, per model, with Δ.
 
-Ilic 2024 (Ilic 2024) ch. 4, Table 4.1 and §4.4 (spec ``ilic.md`` "evaluate"):
+Ilic 2024 Ch. 4, Table 4.1 and §4.4:
 
 1. make the appearance-free version of a dataset (:func:`kinetoscope.synth.appearance_free.
    make_appearance_free_dataset`; same videos, labels and splits) unless one is given;

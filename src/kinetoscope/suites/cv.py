@@ -1,26 +1,27 @@
 """``kinetoscope cv``: subject-exclusive cross-validation with repeated random initialisations.
 
-Broomé 2022 §3.2 (spec §1.2, §4): leave-one-subject-out on the pain data — each subject is the
+Broomé 2022 §3.2: leave-one-subject-out on the pain data — each subject is the
 test subject once, one other subject validates (early stopping; the best-validation epoch is
 tested), the rest train; the whole rotation is repeated with random initialisations (5 in Broomé 2022).
 Metrics: macro-F1 (mean of the per-class F1) and accuracy, on clips and on videos.
 
 Validation rule (``val_subject``):
-- ``None`` (default): the seed-000 rule — subject ``5``, or ``1`` when 5 is the test subject — when
-  both subjects exist; otherwise the most class-balanced remaining subject (spec ambiguity 18: the
-  EOP(j) rule is unstated; balance = smallest / largest class share of the subject's frames).
+- ``None`` (default): the rule of Broomé 2022 — subject ``5``, or ``1`` when 5 is the test subject — when
+  both subjects exist; otherwise the most class-balanced remaining subject (balance = smallest / largest
+  class share of the subject's frames; see docs/deviations.md, 'Validation subject of each
+  leave-one-subject-out fold').
 - a list: priority list, the first one that is not the test subject validates.
 - ``"next"``: the next subject (sorted, cyclic) after the test subject.
 
 Layout of ``out_dir``::
 
     cv.json                     the plan: protocol, folds (subjects), repeats, the base config
-    folds/r<k>-test=<s>/        one run directory per (repeat, fold) (see DESIGN.md "Run directory")
+    folds/r<k>-test=<s>/        one run directory per (repeat, fold) (see docs/architecture.md)
         fold.json               the fold's test metrics; written last — the "done" marker
         test_predictions.csv    one row per test clip, test_video_predictions.csv one per video
     folds.csv                   one row per (repeat, fold)
     subjects.csv                per test subject: mean ± std over repeats
-    summary.json, report.html   mean ± std over everything, and the seed-000 style ± (std over test
+    summary.json, report.html   mean ± std over everything, and the Broomé 2022 style ± (std over test
                                 subjects within a repeat, averaged over repeats; Broomé 2022 Table 3.4)
 
 Resume: a fold with ``fold.json`` is never rerun; a fold whose training was interrupted continues

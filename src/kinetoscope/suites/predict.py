@@ -1,6 +1,6 @@
 """``kinetoscope predict RUN VIDEO...``: per-clip and per-video verdicts for new videos, and a timeline.
 
-Broomé 2022 §3.2-3.3 (spec §1.2, §4). Each video is decoded as the run's training data was prepared
+Broomé 2022 §3.2-3.3. Each video is decoded as the run's training data was prepared
 (``dataset.json`` of the run's data: fps, frame size, colour; optical flow with the same method and
 rate when the model has a flow stream), cut into dense windows (default: the run's clip length and
 stride; Broomé 2022: 10 frames at 2 fps, back-to-back) and scored. Per-frame models give a clip verdict

@@ -1,4 +1,4 @@
-"""``kinetoscope suite temporal-shapes``: the cross-domain study of Broomé 2022 §5.3 (spec §2.3, §2.4, §4).
+"""``kinetoscope suite temporal-shapes``: the cross-domain study of Broomé 2022 §5.3.
 
 For each model family (``convlstm``, ``cnn3d``, ``timesformer``) and each width ``h``, train on a
 source domain of Temporal Shapes (2Dot or MNIST-bg; random 80/20 train/val split), keep the
@@ -13,7 +13,7 @@ Layout of ``out_dir``::
 
     study.json            plan + settings (the resume key) + what the report shows
     data/<domain>/        the four generated domains (source: train/val, others: test)
-    runs/<family>-h<h>/   one run directory per (family, h) (DESIGN.md "Run directory")
+    runs/<family>-h<h>/   one run directory per (family, h) (docs/architecture.md)
     results.csv           one row per (family, h, evaluation): accuracy, rr, params
     table.csv, table.md   the Table 5.6/5.7 layout
     figures/              rr vs h per family, rr vs parameter count
@@ -55,7 +55,7 @@ PAPER_WIDTHS = (1, 2, 3, 5, 8, 12, 16, 24, 32, 48)
 FAMILY_TITLES = {"cnn3d": "3D CNN", "convlstm": "ConvLSTM", "timesformer": "TimeSformer"}
 
 SCALES: dict[str, dict[str, Any]] = {
-    # Broomé 2022 §5.3 and the authors' code (spec §1.1, §2.4)
+    # Broomé 2022 §5.3 and the authors' code
     "paper": {
         "train_num": 5000, "eval_num": 500, "frames": 20, "size": 64, "widths": PAPER_WIDTHS,
         "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-5, "batch_size": 64,

@@ -1,4 +1,4 @@
-"""Domain transfer (Broomé 2022 §3.3; spec §4 "Domain transfer").
+"""Domain transfer (Broomé 2022 §3.3).
 
 (a) **Train on the source without validation**: every source video trains, for a fixed number of
     epochs = ``int(1.5 x mean best epoch)`` of an intra-domain cross-validation of the same setup

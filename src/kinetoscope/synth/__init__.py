@@ -1,4 +1,4 @@
-"""Generated and derived datasets (DESIGN.md "synth/"): Temporal Shapes (Broomé 2022 §5.1) and,
+"""Generated and derived datasets (docs/architecture.md): Temporal Shapes (Broomé 2022 §5.1) and,
 from its own module, appearance-free videos.
 
 Generators write the same ``DatasetStore`` format as ``data prepare``.

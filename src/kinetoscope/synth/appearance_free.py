@@ -1,6 +1,6 @@
 """Appearance-free videos: random-dot noise that moves with the optical flow of a real video.
 
-Ilic 2024 (Ilic 2024) ch. 4, §4.3 steps 1–3; spec ``ilic.md`` "synth — appearance-free generator".
+Ilic 2024 Ch. 4, §4.3 steps 1–3.
 Given frames ``I[0..T-1]``:
 
 1. ``R0``: one frame of i.i.d. uniform noise, independently per pixel and channel (drawn directly
@@ -32,7 +32,8 @@ Given frames ``I[0..T-1]``:
 Output ``[R0, R1, ..., R[T-1]]``: uint8 ``[T, H, W, C]``, same shape as the input. The authors release
 lossy mp4; noise compresses badly, so :func:`make_appearance_free_dataset` writes the lossless
 ``.npy`` frame cache (``DatasetStore``), with the flow used beside it. Deviations: frame 0 is R0 and
-there are T output frames (the thesis' "t ∈ [1, T]" is off by one; spec ambiguity 2).
+there are T output frames (the thesis' "t ∈ [1, T]" is off by one; see docs/deviations.md,
+'Appearance-free frame count').
 """
 
 from __future__ import annotations

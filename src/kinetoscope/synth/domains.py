@@ -18,7 +18,7 @@ thesis are the mask predictions at threshold 0, i.e. boxes around the divers). B
 ``(x0, y0, x1, y1)`` in pixels of the cached frame, ``x1``/``y1`` exclusive; a frame without a box has
 no actor (S2: fully blurred; T: unchanged).
 
-Evaluation (spec §4): S1/V and S2/V ↑ (robustness to a change of appearance), T/V ↓ and T/S1 ↓ (texture
+Evaluation (Broomé 2022 §5.4): S1/V and S2/V ↑ (robustness to a change of appearance), T/V ↓ and T/S1 ↓ (texture
 bias); see :func:`kinetoscope.report.suites.domain_ratio_rows` for the ``*`` rule and
 :func:`kinetoscope.suites.reversal.run_shape_texture_suite` for evaluating runs on the domains.
 """

@@ -1,6 +1,7 @@
 """Perlin gradient noise and its fractal (multi-octave) sum, vectorised with numpy.
 
-Used for the moving white-noise background of the Temporal Shape MNIST-bg domain (Broomé 2022 §5.1; spec §1.1 and ambiguity 15: integer octaves 1-9 per sequence, intensity 0.5, a new noise field
+Used for the moving white-noise background of the Temporal Shape MNIST-bg domain (Broomé 2022 §5.1; see docs/deviations.md, 'Temporal Shapes: 2Dot width, background noise and
+sampling': integer octaves 1-9 per sequence, intensity 0.5, a new noise field
 every frame, negatives clipped to 0).
 
 Gradient noise (Perlin 1985, with the quintic fade of Perlin 2002): a random unit gradient sits on

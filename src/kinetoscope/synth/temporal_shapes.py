@@ -1,6 +1,7 @@
 """The Temporal Shape dataset: one moving object traces a circle, spiral, line, rectangle or arc.
 
-Broomé 2022 §5.1 (dataset) and §5.3 (cross-domain study); spec §1.1, ambiguities 13, 15, 16.
+Broomé 2022 §5.1 (dataset) and §5.3 (cross-domain study); the open points are resolved as in
+docs/deviations.md, 'Temporal Shapes: 2Dot width, background noise and sampling'.
 The class is the *trajectory*; the object's appearance carries no class signal. Clips are 20 frames
 of 64x64 grayscale, ``uint8 [T, H, W, 1]``, in four domains:
 
@@ -12,7 +13,7 @@ mnist-bg   a 14x14 digit over moving white Perlin noise (integer octaves 1-9 per
            intensity 0.5, a new noise field every frame, negatives clipped to 0)
 =========  =========================================================================
 
-Trajectories follow the authors' code (spec §1.1 "Trajectories"): a list of per-frame velocities
+Trajectories follow the authors' code: a list of per-frame velocities
 (px/frame); each frame the object is drawn, then moved by that frame's velocity.
 
 * circle: ``2 (cos phi, sin phi)``, ``phi = linspace(0, 2 pi, T)``, random reversal, random cyclic roll.
@@ -28,27 +29,27 @@ with R_eff = 8 (circle, arc), R (spiral), 2 * speed (line, rectangle). Bounce: w
 position would leave ``[0, size - symbol width]`` on an axis, that velocity component is negated
 for all remaining frames.
 
-Choices where the documents leave room (each documented here, per the spec's resolutions):
+Choices where the documents leave room (each documented here):
 
 * Positions are the top-left corner of the symbol; drawn at the rounded position. The bounce range
   uses the *drawn* width, so the whole symbol always stays inside the frame (a position is also
   clipped into that range, which only matters if one step overshoots by more than the way back,
   e.g. fast spirals in a tiny frame). ``L`` uses the nominal size (2, 5, 14), which reproduces the
   thesis's variation count for spirals (20 x 20 starts x 9 scales x 2 directions = 7200).
-* 2dot width (ambiguity 13): the code draws a ``(2 floor(s/2) + 1)``-px square, i.e. 3 px for
+* 2dot width: the code draws a ``(2 floor(s/2) + 1)``-px square, i.e. 3 px for
   s = 2 (matches the released data); ``exact_width=True`` draws exactly s px.
 * Other frame counts: all velocities are multiplied by ``19 / (T - 1)`` so every shape keeps the
   spatial extent it has at T = 20 (at T = 20 the factor is exactly 1); the angle schedules are
   ``linspace`` over T frames, rectangle sides get ``T // 4`` frames (the first ``T % 4`` sides one
   more). ``frames >= 4``.
 * Small frames: if ``[L, size - L)`` is empty the start is the centre of the valid range.
-* MNIST-bg noise (ambiguity 15): fractal Perlin noise with base lattice period ``size / 4`` px,
+* MNIST-bg noise: fractal Perlin noise with base lattice period ``size / 4`` px,
   persistence 0.5, lacunarity 2; value ``255 * clip(0.5 * noise, 0, 1)`` with noise in [-1, 1];
   the digit is added on top (saturating). For speed, each frame's field is a fresh random window
   of a large precomputed noise texture per octave count (``8 * size`` px square, generated once per
   seed and pool); a window covers a tiny part of the texture, so consecutive frames are
   (practically) independent noise fields, as in the code.
-* "Sampling with replacement" (ambiguity 16) = independent random generation of every clip.
+* "Sampling with replacement" = independent random generation of every clip.
 * Randomness: clip ``i`` has its own ``SeedSequence(seed, spawn_key=(stream, i))`` where the stream
   is fixed by domain and digit pool. So clip ``i`` is identical whatever ``num`` is, and the
   training pool and evaluation pool of every domain are independent draws even with one seed.
@@ -129,7 +130,7 @@ def get_domain(name: str) -> Domain:
 
 def symbol_width(domain: str, exact_width: bool = False) -> int:
     """Drawn width (px) of the domain's object: ``2 floor(s/2) + 1`` for dots unless
-    ``exact_width`` (ambiguity 13), 14 for digits."""
+    ``exact_width``, 14 for digits."""
     spec = get_domain(domain)
     if spec.digit or exact_width:
         return spec.nominal
@@ -180,7 +181,7 @@ def class_velocities(
 def integrate_with_bounce(starts: np.ndarray, velocities: np.ndarray, limit: float) -> np.ndarray:
     """Positions ``[N, T, 2]`` of objects that are drawn at ``starts [N, 2]`` and then moved by
     ``velocities [N, T, 2]`` one frame at a time; a velocity component is negated for all remaining
-    frames when the next position would leave ``[0, limit]`` on that axis (spec §1.1 "Bounce")."""
+    frames when the next position would leave ``[0, limit]`` on that axis (the authors' code)."""
     starts = np.asarray(starts, dtype=np.float64)
     velocities = np.asarray(velocities, dtype=np.float64)
     n, t, _ = velocities.shape
@@ -389,7 +390,7 @@ def generate_temporal_shapes(
     ``video_id = <domain>_<index:06d>``, label = class name, split, domain, fps 10),
     ``frames/<video_id>.npy`` uint8 ``[T, H, W, 1]``, ``previews/*.gif`` (``gifs`` GIFs, one per
     class first). ``split="trainval"`` splits the clips at random into train/val by
-    ``val_fraction`` (spec §1.1: 5000 -> 4000/1000); any other value (``"train"``, ``"test"``, ...)
+    ``val_fraction`` (Broomé 2022 §5.1: 5000 -> 4000/1000); any other value (``"train"``, ``"test"``, ...)
     puts every clip in that split. ``digit_pool`` defaults to ``"train"`` for the train/trainval
     splits and ``"test"`` otherwise. A non-empty ``out_dir`` is refused unless ``overwrite`` (then
     only the dataset's own entries are replaced), also when it already holds this very dataset.

@@ -41,7 +41,7 @@ class VideoClassifier(pl.LightningModule):
         return self.model(*model_inputs(self.model, batch))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.loss_name == "bce":  # Broomé 2022: sigmoid units + BCE on one-hot targets (spec ambiguity 20)
+        if self.loss_name == "bce":  # Broomé 2022: sigmoid units + BCE on one-hot targets (docs/deviations.md)
             target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
             if logits.ndim == 3:
                 target = target[:, None].expand_as(logits)
