@@ -33,7 +33,7 @@ class DataConfig(_Strict):
     sampling: Literal["uniform", "dense", "all"] | None = Field(
         None, description="clip sampling (data/sampling.py); None = uniform with frames, else all")
     stride: int | None = Field(None, ge=1, description="dense windows: frames between starts")
-    oversample: bool = Field(False, description="seed-000 extra minority-class windows (dense sampling)")
+    oversample: bool = Field(False, description="Broomé 2022 extra minority-class windows (dense sampling)")
     flow: bool = Field(False, description="load cached optical flow (implied by two-stream models)")
     size: int | None = Field(
         None, ge=1, description="square crop side fed to the model: training draws a random resized crop "

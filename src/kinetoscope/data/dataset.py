@@ -5,7 +5,7 @@ A sample is the batch dict of docs/architecture.md: ``video`` float32 ``[C, T, H
 ``[2|3, T, H, W]`` with ``flow=True``.
 
 Which clips exist is decided once by ``data.sampling.plan_clips`` (uniform, dense windows with the
-seed-000 oversampling, or all frames); ``jitter=True`` re-draws the frames of each clip on every
+Broomé 2022 oversampling, or all frames); ``jitter=True`` re-draws the frames of each clip on every
 access (training), and ``transform`` applies one augmentation per clip to every frame and to the
 aligned flow. Frames are read from memory-mapped ``.npy`` files opened per access, so memory does not
 grow with the number of videos.
@@ -49,7 +49,7 @@ class ClipDataset(Dataset):
     own). ``subjects`` keeps only those subjects' videos (for subject-exclusive folds).
 
     Sampling: ``sampling="uniform" | "dense" | "all"``; ``stride`` (dense windows, default ``frames``)
-    and ``step`` (frames between clip frames); ``oversample=True`` adds the seed-000 minority-class
+    and ``step`` (frames between clip frames); ``oversample=True`` adds the Broomé 2022 minority-class
     windows (dense); ``short="pad" | "skip"`` for videos shorter than a clip (counted in
     ``self.report``); ``jitter=True`` draws fresh positions per access (segment-random for uniform,
     a shift of up to ``stride // 2`` for dense); with ``strides=(lo, hi)`` as well, every access

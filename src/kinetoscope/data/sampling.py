@@ -168,7 +168,7 @@ def random_stride_window(
 def oversample_starts(
     num_frames: Sequence[int], labels: Sequence, length: int, stride: int | None = None, seed: int = 0
 ) -> dict[int, list[int]]:
-    """Extra window starts per video for the seed-000 minority-class oversampling (module docstring).
+    """Extra window starts per video for the Broomé 2022 minority-class oversampling (module docstring).
 
     ``num_frames``/``labels`` are per video; returns ``{video_index: [start, ...]}``. After this, every
     class has as many windows as the largest one (when there are enough valid starts).
@@ -228,7 +228,7 @@ def plan_clips(
 ) -> tuple[list[ClipSpec], SamplingReport]:
     """Clip list for a set of videos. ``strategy``: ``uniform`` (one clip of ``frames`` per video),
     ``dense`` (windows of ``frames``, ``stride`` default ``frames``, ``step`` between frames) or ``all``
-    (one clip with every frame). ``oversample_labels`` (per video) adds the seed-000 extra windows
+    (one clip with every frame). ``oversample_labels`` (per video) adds the Broomé 2022 extra windows
     (dense only)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"sampling strategy must be one of {STRATEGIES}, got {strategy!r}")

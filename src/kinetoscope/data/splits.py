@@ -1,7 +1,7 @@
 """Subject-exclusive train/validation/test splits, built on scikit-learn's group splitters.
 
 * :func:`leave_one_subject_out` — Broomé 2022 §3.2–3.3: each subject is the test subject once
-  (``LeaveOneGroupOut``); one other subject is the validation set and the rest train. The seed-000
+  (``LeaveOneGroupOut``); one other subject is the validation set and the rest train. The Broomé 2022
   rule: validation is subject 5, or subject 1 when 5 is the test subject; here
   ``val_subjects=("5", "1")`` — the first listed subject that is not the test subject. Without a list,
   the validation subject is the next subject (sorted, cyclic) after the test subject.

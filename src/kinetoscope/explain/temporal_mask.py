@@ -103,7 +103,7 @@ def _batched_mask(clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.unsqueeze(0).expand(b, -1)
     if mask.shape != (b, t):
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match clips [B={b}, T={t}]; "
-                         "expected [B, T] or [T]")
+                         "expected [B, T] or a single mask of length T")
     return mask.to(clips.dtype)
 
 

@@ -91,7 +91,7 @@ def video_flow(
 
     Without ``source_frames`` flow is computed between the frames themselves. With them (``uint8 [S,
     H, W, C]`` decoded at ``spec.fps``, timestamps ``source_times`` [S] seconds) each frame, at
-    ``frame_times`` [T], takes the flow of the source frame on screen at its time and its neighbour.
+    ``frame_times [T]``, takes the flow of the source frame on screen at its time and its neighbour.
     A one-frame video (no pair) gets zero flow."""
     frames = np.asarray(frames)
     if source_frames is None:

@@ -80,7 +80,7 @@ def minmax_uint8(flow: np.ndarray, per_channel: bool = False) -> np.ndarray:
 
     One min and max per frame over all channels (default) or per channel; a constant frame maps to 0.
     Returns uint8 of the same shape. Note this discards the absolute speed: a still scene's noise is
-    stretched to the full range, which is what the seed's models saw."""
+    stretched to the full range, which is what Broomé 2022's models saw."""
     flow = np.asarray(flow, dtype=np.float32)
     if flow.ndim < 3:
         raise ValueError(f"minmax_uint8 needs flow [..., H, W, C], got {flow.shape}")

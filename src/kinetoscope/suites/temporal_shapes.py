@@ -24,7 +24,7 @@ interrupted training continues from its ``last.ckpt``; re-running with more fami
 trains the new ones. Changing the scale settings, source or seed of an existing study is refused
 unless ``overwrite=True``.
 
-Scales. ``paper`` = the seed's sizes (5,000 source clips -> 4,000/1,000, 500 per target domain, SGD lr
+Scales. ``paper`` = Broomé 2022's sizes (5,000 source clips -> 4,000/1,000, 500 per target domain, SGD lr
 1e-3, momentum 0.9, weight decay 1e-5, batch 64, up to 100 epochs with patience 10; TimeSformer 300 /
 100; widths 1 ... 48). ``small`` fits in well under an hour on 2 CPU cores (measured 16.5 min on two
 busy shared cores): 400 source clips of 10 frames at 32x32 (velocities are rescaled so trajectories
@@ -414,7 +414,7 @@ def run_temporal_shapes_study(
 
 
 def reductions(settings: dict[str, Any], families: Sequence[str] = FAMILIES) -> list[str]:
-    """What this study's settings reduce relative to the seed's (``paper``) protocol, one sentence each
+    """What this study's settings reduce relative to Broomé 2022's (``paper``) protocol, one sentence each
     (TimeSformer's epochs only when ``families`` includes it)."""
     paper = SCALES["paper"]
     names = {"train_num": "source clips (train+val)", "eval_num": "clips per target domain",
@@ -427,7 +427,7 @@ def reductions(settings: dict[str, Any], families: Sequence[str] = FAMILIES) -> 
         if key.startswith("timesformer_") and "timesformer" not in families:
             continue
         if settings.get(key) != paper[key]:
-            out.append(f"Reduced/changed from the seed's protocol: {title} {settings.get(key)} (paper: {paper[key]}).")
+            out.append(f"Reduced/changed from Broomé 2022's protocol: {title} {settings.get(key)} (paper: {paper[key]}).")
     if list(settings.get("widths", [])) != list(paper["widths"]):
         out.append(f"Widths h = {settings.get('widths')} (paper: {list(paper['widths'])}); averages and "
                    "standard deviations are over these widths only.")
