@@ -1,4 +1,5 @@
-"""Sequences with known motion for checking flow accuracy (issue 6, "flow accuracy check").
+"""Sequences with known motion for checking flow accuracy (the flow accuracy check of
+``benchmarks/flow.py``).
 
 A smooth random texture (band-limited noise, several Gaussian scales) is moved by a constant affine
 motion per frame ``x -> M x`` about the frame centre: translation ``x + d``, rotation by ``angle``

@@ -10,14 +10,13 @@ Biases: the input convolution always has one per gate; ``hidden_bias=True`` give
 convolution its own too (the PyTorch layout of the Temporal Shape code, whose parameter counts
 571 ... 433,253 need it); ``hidden_bias=False`` is the Keras layout of the pain models (731,522).
 
-Speed (issue "The spine", item 4; ``benchmarks/convlstm.py`` measures every choice below against
-the straightforward cell). The layer computes the same function as :class:`ConvLSTMCell` stepped
+Speed (``benchmarks/convlstm.py`` measures every choice below against the straightforward cell;
+the figures and the alternatives not kept are in docs/performance.md). The layer computes the same function as :class:`ConvLSTMCell` stepped
 over time (``reference_convlstm`` proves it in the tests) but
 
 * runs the whole recurrence as one ``torch.autograd.Function`` (:class:`_ConvLSTMSequence`) with
   a hand-written backward: no autograd graph of ~15 nodes per step, no ``x[:, :, t]`` slicing under
-  autograd (its backward zero-fills a full copy of x per step: the earlier "input convolution
-  hoisted out of the loop" version was slower than the cell because of ``x_gates[:, t]``), no
+  autograd (its backward would zero-fill a full copy of x per step), no
   ``torch.stack`` (hidden states go straight into one preallocated output) and no copy of the
   input (step t's slice is written straight into the convolution's input buffer);
 * keeps the cell's single convolution over ``cat([x_t, H_{t-1}])`` (weights
@@ -38,12 +37,6 @@ over time (``reference_convlstm`` proves it in the tests) but
   training, which cost more than the batching saved. Stride > 1 must hoist it (the state lives at
   the strided resolution), where the buffer is stride^2 smaller.
 
-Not kept (measured while developing it; figures in the issue note): ``torch.compile`` of the
-pointwise cell (no faster than the eager in-place cell here, and 1-2 minutes to compile on a busy
-2-core machine; the C kernel builds in under a second); separate input and hidden convolutions per
-step (slower than the one over the concatenation); the PyTorch cell in channels-last (per-gate
-slices become 16-float runs, 3x slower); a batched weight gradient over all steps (no faster than
-per step, and it needs the big buffers).
 """
 
 from __future__ import annotations

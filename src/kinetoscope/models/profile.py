@@ -1,4 +1,4 @@
-"""Model profiling: parameters, FLOPs, activation memory and CPU latency (issue 4, item 7).
+"""Model profiling: parameters, FLOPs, activation memory and CPU latency.
 
 The figures the documents report next to accuracy (e.g. Feichtenhofer 2017's GFLOPs / params / latency tables,
 Stergiou 2021 Ch. 4-5; Mänttäri 2020 §4.2 parameter counts):

@@ -79,8 +79,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     from kinetoscope.train import fit
 
     settings = SETTINGS["quick" if quick else "full"]
-    # Small models on 2 cores: one intra-op thread avoids OpenMP spin-waiting, which made a ConvLSTM
-    # epoch 5-20x slower with 2 threads whenever anything else ran on the machine (measured).
+    # Small models: one intra-op thread avoids OpenMP spin-waiting (docs/performance.md).
     torch.set_num_threads(1)
     out_dir = Path(out_dir)
     marker = out_dir / "study.json"

@@ -26,8 +26,7 @@ unless ``overwrite=True``.
 
 Scales. ``paper`` = Broomé 2022's sizes (5,000 source clips -> 4,000/1,000, 500 per target domain, SGD lr
 1e-3, momentum 0.9, weight decay 1e-5, batch 64, up to 100 epochs with patience 10; TimeSformer 300 /
-100; widths 1 ... 48). ``small`` fits in well under an hour on 2 CPU cores (measured 16.5 min on two
-busy shared cores): 400 source clips of 10 frames at 32x32 (velocities are rescaled so trajectories
+100; widths 1 ... 48). ``small`` fits in well under an hour on 2 CPU cores (docs/performance.md): 400 source clips of 10 frames at 32x32 (velocities are rescaled so trajectories
 keep their extent), 100 per target, Adam (which converges in far fewer epochs than SGD at lr 1e-3),
 8 epochs, h = 2 and 4; the report lists every reduction. ConvLSTM cost grows with frames x pixels, so
 20 frames at 64x64 is ~8x slower per clip. TimeSformer needs an even ``h`` (rotary embeddings; Broomé 2022 skipped 1, 3, 5):
@@ -62,7 +61,6 @@ SCALES: dict[str, dict[str, Any]] = {
         "max_epochs": 100, "patience": 10, "timesformer_max_epochs": 300, "timesformer_patience": 100,
     },
     "small": {
-        # measured: 16.5 min for convlstm + cnn3d at h = 2, 4 on 2 shared (heavily loaded) CPU cores
         "train_num": 400, "eval_num": 100, "frames": 10, "size": 32, "widths": (2, 4),
         "optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "weight_decay": 1e-5, "batch_size": 16,
         "max_epochs": 8, "patience": 3, "timesformer_max_epochs": 8, "timesformer_patience": 3,
