@@ -1,5 +1,4 @@
-"""Spatiotemporal multiplier networks, MulNet (Feichtenhofer 2017 Ch. 5, Feichtenhofer et al. CVPR'17; spec
-``feichtenhofer.md`` "st_mulnet").
+"""Spatiotemporal multiplier networks, MulNet (Feichtenhofer 2017 Ch. 5, Feichtenhofer et al. 2017a).
 
 The cross-stream ResNet of :mod:`kinetoscope.models.st_resnet` with the **multiplicative** gate of
 Eq. 5.3, ``x̂a_{l+1} = f(xa_l) + F(xa_l ⊙ f(xm_l))``: the appearance ``res{k}a`` pre-ReLU output times

@@ -1,4 +1,4 @@
-"""Temporal residual networks, T-ResNet (Feichtenhofer 2017 Ch. 7, Feichtenhofer et al. CVPR'17 dynamic scenes;).
+"""Temporal residual networks, T-ResNet (Feichtenhofer 2017 Ch. 7, Feichtenhofer et al. 2017c, dynamic scenes).
 
 RGB only: an ImageNet-style ResNet-50 applied per frame
 (:class:`~kinetoscope.models.twostream.FrameResNet`) whose **1st and 3rd residual units of every stage**

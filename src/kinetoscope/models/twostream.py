@@ -1,4 +1,4 @@
-"""Two-stream ConvNet fusion (Feichtenhofer 2017 Ch. 3, Feichtenhofer et al. CVPR'16).
+"""Two-stream ConvNet fusion (Feichtenhofer 2017 Ch. 3, Feichtenhofer et al. 2016a).
 
 Two frame-wise ConvNets — appearance on RGB chunks ``[B, 3, T, H, W]``, motion on stacks of L optical
 flows ``[B, 2L, T, H, W]`` — are fused at a chosen layer (§3.3.2) by one of the spatial fusion

@@ -1,8 +1,8 @@
 """X3D: progressively expanded efficient video networks — XS, S, M, L.
 
-Source: Feichtenhofer, "X3D: Expanding Architectures for Efficient Video Recognition" (CVPR 2020), Table 1
-and §4, in the layout of PyTorchVideo's ``create_x3d`` (the hub models the documents benchmark: spec
-``ilic.md`` benchmark rows X3D-XS 4x12, X3D-S 13x6, X3D-M 16x5 and the E2S-X3D streams; the MTNet layout
+Source: Feichtenhofer 2020, "X3D: Expanding Architectures for Efficient Video Recognition", Table 1
+and §4, in the layout of PyTorchVideo's ``create_x3d`` (the hub models the documents benchmark: Ilic 2024
+Table 4.1 rows X3D-XS 4x12, X3D-S 13x6, X3D-M 16x5 and the E2S-X3D streams; the MTNet layout
 of Stergiou 2021 is X3D's skeleton).
 
 Layout (widths at the X3D-S/M/L width factor γ_w = 2, bottleneck factor γ_b = 2.25):
