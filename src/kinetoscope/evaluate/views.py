@@ -17,7 +17,7 @@
 
 Presets: ``stergiou-30`` = 10 × 3 (Stergiou 2021 §4.4.1: 10 clips × 3 spatial crops, "30 views") and
 ``feichtenhofer-25`` = 25 × 2 (Feichtenhofer 2017 §4.3.5 and §5.4.2: 25 frame-chunks and their
-horizontal flips, following Simonyan 2014; the thesis classifies the whole frame fully
+horizontal flips, following Simonyan & Zisserman 2014; the thesis classifies the whole frame fully
 convolutionally, here the centre crop of the model's size: docs/deviations.md).
 
 Video-level results (one fused prediction per video); ``evaluations/<name>.json`` holds every
