@@ -4,7 +4,8 @@ Strategies (all return frame indices into a cached video of ``num_frames`` frame
 
 * **uniform** — ``N`` indices spread evenly over the whole video (Mänttäri 2020 §4.1: 16 frames for
   Something-Something, 32 for KTH, "sub-sampled to cover the entire sequence").
-* **dense** — back-to-back or overlapping windows of length ``L`` and stride ``S`` (Broomé 2022   §3.1–3.3: ``L = 10``, ``S = 10`` at 2 fps; Ilic 2024 "f×r" clips use stride ``r`` inside a window).
+* **dense** — back-to-back or overlapping windows of length ``L`` and stride ``S`` (Broomé 2022 §3.1–3.3:
+  ``L = 10``, ``S = 10`` at 2 fps; Ilic 2024 "f×r" clips use stride ``r`` inside a window).
 * **jitter** (training) — uniform sampling with one random index per segment (Ilic 2024 §train,
   "uniform temporal sampling with jitter, random start"), a random shift of a dense window, or a
   random start and random frame spacing ``τ`` from a range (Feichtenhofer 2017 Ch. 3, frame-rate jitter:

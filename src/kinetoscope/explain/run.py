@@ -1,7 +1,7 @@
 """``kinetoscope explain``: explain chosen clips of a trained run and write the files under
 ``RUN/explanations/`` (the run directory of docs/architecture.md).
 
-For every clip: ``<method>/<clip>.npz`` (mask, heat-maps, target), one GIF with the panels of 
+For every clip: ``<method>/<clip>.npz`` (mask, heat-maps, target), one GIF with the panels of
 Mänttäri 2020 Fig. 2 (original, Grad-CAM overlay, freeze-perturbed, mask timeline) and one PNG contact
 sheet; for the call: ``statistics.json`` (per-method summaries of blob count/size/centre distance,
 mask length, drop ratio/difference) and ``index.csv`` (one row per method and clip; rows for the

@@ -1,7 +1,8 @@
 """Colour-wheel pictures of optical flow for reports.
 
 HSV coding (the usual Middlebury-style view; Ilic 2024's code normalises by the video's maximum
-magnitude, see docs/deviations.md, 'Flow-stream encoding'; Feichtenhofer 2017 Ch. 6 displays flow as HSV among others): hue =
+magnitude, see docs/deviations.md, 'Flow-stream encoding of the appearance-free models'; Feichtenhofer 2017
+Ch. 6 displays flow as HSV among others): hue =
 direction of ``(u, v)``, saturation = 1, value = magnitude / ``max_magnitude`` (clipped to 1). Still
 pixels are black. Direction convention (image coordinates, y down): right = red (hue 0°), down =
 hue 90° (yellow-green), left = cyan (180°), up = hue 270° (violet).

@@ -13,7 +13,8 @@ into the layer's feature space:
 4. ``m̃ = λ + (1 - λ) · minmax(M[c_b])`` in ``[λ, 1]`` — Algorithm 1 prints
    ``λ (M - min)(1 - λ) / (max - min)``, whose range ``[0, λ(1 - λ)]`` would zero every activation at λ = 1,
    contradicting §6.4.1 ("λ = 1: no effect, λ -> 0: strongest"); this normalisation is used instead
-   (see docs/deviations.md, 'Class Regularisation: normalisation and class choice'). A constant row (no class preference, e.g. all zero after the ReLU) gives ``m̃ = 1``;
+   (see docs/deviations.md, 'Class Regularisation: normalisation and class choice'). A constant row (no class
+   preference, e.g. all zero after the ReLU) gives ``m̃ = 1``;
 5. return ``a ⊙ m̃`` (broadcast over T, H, W).
 
 The map learns through the selected row only (no extra loss, §6.3.2). The affection rate λ falls with

@@ -11,7 +11,8 @@ convolution its own too (the PyTorch layout of the Temporal Shape code, whose pa
 571 ... 433,253 need it); ``hidden_bias=False`` is the Keras layout of the pain models (731,522).
 
 Speed (``benchmarks/convlstm.py`` measures every choice below against the straightforward cell;
-the figures and the alternatives not kept are in docs/performance.md). The layer computes the same function as :class:`ConvLSTMCell` stepped
+the figures and the alternatives not kept are in docs/performance.md). The layer computes the same function as
+:class:`ConvLSTMCell` stepped
 over time (``reference_convlstm`` proves it in the tests) but
 
 * runs the whole recurrence as one ``torch.autograd.Function`` (:class:`_ConvLSTMSequence`) with

@@ -6,7 +6,8 @@ giving T steps of C-vectors; a two-layer recurrent net with input = hidden = C r
 states ``h [B, C, T]`` are broadcast back over space and multiplied in: ``a* = a ⊙ h`` (no extra sigmoid;
 the thesis multiplies the hidden states in directly). Cells:
 
-* ``"lstm"`` — Eqs. 4.1-4.5 (``nn.LSTM``; Eq. 4.5's ``a^[l-1]`` is a typo for ``a^[l]``; see docs/deviations.md, 'SRTG equations');
+* ``"lstm"`` — Eqs. 4.1-4.5 (``nn.LSTM``; Eq. 4.5's ``a^[l-1]`` is a typo for ``a^[l]``; see
+  docs/deviations.md, 'SRTG equations');
 * ``"gru"`` — Eqs. 5.8-5.11 (MTNet). Eq. 5.10 applies the reset gate to ``h_{t-1}`` *before* the hidden
   matmul, ``h~ = tanh(W_h [r ⊙ h_{t-1}, x] + b)``; ``nn.GRU`` applies it after (``r ⊙ (W_hn h + b_hn)``).
   ``exact_gru=True`` (default) runs the thesis' cell (:class:`ExactGRU`, a Python loop over T);

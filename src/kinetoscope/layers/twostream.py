@@ -188,7 +188,8 @@ def inflate_first_conv(
 ) -> torch.Tensor:
     """An RGB conv1 weight ``[O, 3, ...]`` turned into one for ``in_channels`` (2L) flow channels.
 
-    ``mean`` (docs/deviations.md, 'Two-stream fusion initialisation and the motion stream's conv1'): the mean over RGB tiled to ``in_channels``; ``replicate``: the RGB
+    ``mean`` (docs/deviations.md, 'Two-stream fusion initialisation and the motion stream's conv1'): the mean
+    over RGB tiled to ``in_channels``; ``replicate``: the RGB
     filters repeated cyclically (r, g, b, r, g, b, ...). ``rescale`` multiplies by ``3 / in_channels``,
     so the summed response keeps the RGB filter's scale.
     """

@@ -5,11 +5,13 @@
   carries the dynamics"); both built by :mod:`kinetoscope.models.x3d`, so each has 3,794,274 parameters
   at 400 classes, like PyTorchVideo's hub models.
 * Late fusion by concatenation, then a fully connected layer, softmax and cross-entropy. Following the
-  authors' code (docs/deviations.md, 'E2S fusion input'), each stream's head gives K logits and ``Linear(2K, K)`` maps ``[flow, rgb]`` to the output
+  authors' code (docs/deviations.md, 'E2S fusion input'), each stream's head gives K logits and ``Linear(2K,
+  K)`` maps ``[flow, rgb]`` to the output
   (``fusion_input="logits"``, default); ``fusion_input="features"`` concatenates the two 2048-d head
   features instead (``Linear(4096, K)``) and the streams' own classifiers are dropped.
 
-Flow input: raw (u, v), 2 channels, by default (docs/deviations.md, 'Flow-stream encoding of the appearance-free models'; the reproduction config may pass the
+Flow input: raw (u, v), 2 channels, by default (docs/deviations.md, 'Flow-stream encoding of the
+appearance-free models'; the reproduction config may pass the
 authors' 3-channel Middlebury colour coding with ``flow_channels=3``). The two streams may see different
 clips: ``forward(rgb, flow)`` accepts any T, H, W per stream. Given the kinetoscope batch layout (flow
 aligned with the RGB frames), ``flow_frames`` / ``flow_size`` resample the flow clip inside the model to

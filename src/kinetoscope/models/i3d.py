@@ -8,7 +8,8 @@ nine Inception modules ``Mixed_3b`` ... ``Mixed_5c``; four max-pools ``MaxPool3d
 Temporal strides. The original network reduces ``L`` input frames to ``L/8`` steps at ``Mixed_5c``
 (temporal stride 2 in ``Conv3d_1a_7x7``, ``MaxPool3d_4a`` and ``MaxPool3d_5a``). Mänttäri 2020 §4.2 reduces "the
 first convolutional layer and the second max pooling layer" to stride 1x2x2 so Grad-CAM keeps ``L/2``
-steps; the second max-pool already has temporal stride 1, so (see docs/deviations.md, 'I3D temporal strides') the default here is stride 1
+steps; the second max-pool already has temporal stride 1, so (see docs/deviations.md, 'I3D temporal strides')
+the default here is stride 1
 in ``Conv3d_1a_7x7`` and ``MaxPool3d_4a`` — ``temporal_strides=(1, 1, 2)``. ``(2, 2, 2)`` gives the
 original ``L/8``.
 
@@ -199,6 +200,7 @@ class I3D(nn.Module):
 @register_model("i3d")
 def i3d(num_classes: int, in_channels: int = 3, temporal_strides: tuple[int, int, int] = (1, 1, 2),
         dropout: float = 0.5, padding: str = "static") -> I3D:
-    """Inception-v1 I3D with Mänttäri 2020's temporal strides (Mänttäri 2020 §4.2; 12,465,614 parameters at 174 classes).
+    """Inception-v1 I3D with the temporal strides of Mänttäri 2020 §4.2 (12,465,614 parameters at 174
+    classes).
     ``padding``: static | tf_same (TensorFlow's, as the Kinetics checkpoints were trained with)."""
     return I3D(num_classes, in_channels, tuple(temporal_strides), dropout, padding=padding)

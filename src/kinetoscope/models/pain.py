@@ -12,7 +12,8 @@ classes. :func:`keras_param_count` computes that figure; ``sum(p.numel())`` is 2
 
 Deviations:
 - Head: Keras uses 2 sigmoid units + BCE; here 2 logits per frame; the loss (CE or BCE on one-hot
-  targets; see docs/deviations.md, 'Pain head: two sigmoid units and BCE') is chosen by ``train.loss``. The clip verdict is the majority vote of
+  targets; see docs/deviations.md, 'Pain head: two sigmoid units and BCE') is chosen by ``train.loss``. The
+  clip verdict is the majority vote of
   the per-frame argmax with a seeded random tie-break (:func:`vote_over_frames`, Broomé 2022 §3.2) or the mean.
 - ``head="clip"`` gives the §3.3 variant: the whole 10-step output flattened into one dense layer,
   clip-level loss (``per_frame = False``).

@@ -16,7 +16,8 @@ factorisation, widths 64/128/256/512, expansion-1 bottlenecks at 50/101); only t
 | final     | after the sum and ReLU (**default**, best in Table 4.1) | basic, bottleneck | stage width |
 
 "Top" feeds "the final conv" in the thesis, but conv2 comes next in a bottleneck: placed after conv1
-(see docs/deviations.md, 'SRTG placement'). "Res" applies to every shortcut (the author's public code: projections only).
+(see docs/deviations.md, 'SRTG placement'). "Res" applies to every shortcut (the author's public code:
+projections only).
 
 Gate: ``gate=True`` (default) is the thesis' SRTG — fuse only when ``pool_s(a)`` and the LSTM's hidden
 states are cycle-consistent; ``gate=False`` is the inactive state, plain SR (always fuse), which is what

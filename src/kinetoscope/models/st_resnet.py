@@ -1,4 +1,5 @@
-"""Spatiotemporal residual networks, ST-ResNet (Feichtenhofer 2017 Ch. 4, Feichtenhofer et al. 2016b), and the two-stream cross-connected ResNet they share with the
+"""Spatiotemporal residual networks, ST-ResNet (Feichtenhofer 2017 Ch. 4, Feichtenhofer et al. 2016b), and the
+two-stream cross-connected ResNet they share with the
 multiplier networks of Ch. 5 (:mod:`kinetoscope.models.st_multiplier`).
 
 Two frame-wise ResNet-50 streams (:class:`~kinetoscope.models.twostream.FrameResNet`): appearance on RGB

@@ -26,10 +26,12 @@ unless ``overwrite=True``.
 
 Scales. ``paper`` = Broomé 2022's sizes (5,000 source clips -> 4,000/1,000, 500 per target domain, SGD lr
 1e-3, momentum 0.9, weight decay 1e-5, batch 64, up to 100 epochs with patience 10; TimeSformer 300 /
-100; widths 1 ... 48). ``small`` fits in well under an hour on 2 CPU cores (docs/performance.md): 400 source clips of 10 frames at 32x32 (velocities are rescaled so trajectories
+100; widths 1 ... 48). ``small`` fits in well under an hour on 2 CPU cores (docs/performance.md): 400 source
+clips of 10 frames at 32x32 (velocities are rescaled so trajectories
 keep their extent), 100 per target, Adam (which converges in far fewer epochs than SGD at lr 1e-3),
 8 epochs, h = 2 and 4; the report lists every reduction. ConvLSTM cost grows with frames x pixels, so
-20 frames at 64x64 is ~8x slower per clip. TimeSformer needs an even ``h`` (rotary embeddings; Broomé 2022 skipped 1, 3, 5):
+20 frames at 64x64 is ~8x slower per clip. TimeSformer needs an even ``h`` (rotary embeddings; Broomé 2022
+skipped 1, 3, 5):
 odd widths are skipped for it with a note.
 """
 
@@ -425,7 +427,8 @@ def reductions(settings: dict[str, Any], families: Sequence[str] = FAMILIES) -> 
         if key.startswith("timesformer_") and "timesformer" not in families:
             continue
         if settings.get(key) != paper[key]:
-            out.append(f"Reduced/changed from Broomé 2022's protocol: {title} {settings.get(key)} (paper: {paper[key]}).")
+            out.append(f"Reduced/changed from Broomé 2022's protocol: {title} {settings.get(key)} "
+                       f"(paper: {paper[key]}).")
     if list(settings.get("widths", [])) != list(paper["widths"]):
         out.append(f"Widths h = {settings.get('widths')} (paper: {list(paper['widths'])}); averages and "
                    "standard deviations are over these widths only.")

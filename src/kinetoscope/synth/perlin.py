@@ -1,6 +1,7 @@
 """Perlin gradient noise and its fractal (multi-octave) sum, vectorised with numpy.
 
-Used for the moving white-noise background of the Temporal Shape MNIST-bg domain (Broomé 2022 §5.1; see docs/deviations.md, 'Temporal Shapes: 2Dot width, background noise and
+Used for the moving white-noise background of the Temporal Shape MNIST-bg domain (Broomé 2022 §5.1; see
+docs/deviations.md, 'Temporal Shapes: 2Dot width, background noise and
 sampling': integer octaves 1-9 per sequence, intensity 0.5, a new noise field
 every frame, negatives clipped to 0).
 
