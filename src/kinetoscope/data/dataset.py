@@ -45,7 +45,7 @@ class ClipDataset(Dataset):
     frames when ``frames`` is ``None``).
 
     ``reverse=True`` returns every clip with its frames in reverse order (the reversal probe, Mänttäri 2020
-    Mänttäri 2020 §4.2); reversed flow also changes sign. ``classes`` fixes the label order (default: the store's
+    §4.2); reversed flow also changes sign. ``classes`` fixes the label order (default: the store's
     own). ``subjects`` keeps only those subjects' videos (for subject-exclusive folds).
 
     Sampling: ``sampling="uniform" | "dense" | "all"``; ``stride`` (dense windows, default ``frames``)

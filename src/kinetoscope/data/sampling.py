@@ -6,7 +6,7 @@ Strategies (all return frame indices into a cached video of ``num_frames`` frame
   Something-Something, 32 for KTH, "sub-sampled to cover the entire sequence").
 * **dense** — back-to-back or overlapping windows of length ``L`` and stride ``S`` (Broomé 2022 §3.1–3.3:
   ``L = 10``, ``S = 10`` at 2 fps; Ilic 2024 "f×r" clips use stride ``r`` inside a window).
-* **jitter** (training) — uniform sampling with one random index per segment (Ilic 2024 §train,
+* **jitter** (training) — uniform sampling with one random index per segment (Ilic 2024 §4.4,
   "uniform temporal sampling with jitter, random start"), a random shift of a dense window, or a
   random start and random frame spacing ``τ`` from a range (Feichtenhofer 2017 Ch. 3, frame-rate jitter:
   :func:`random_stride_window`, a building block for custom datasets; ``ClipDataset`` does not use it).
@@ -126,7 +126,7 @@ def jittered_uniform(
     num_frames: int, frames: int, rng: np.random.Generator, short: str = "pad"
 ) -> np.ndarray | None:
     """Uniform sampling with jitter: the video is cut into ``frames`` equal segments and one random
-    frame is drawn from each (sorted; Ilic 2024 §train)."""
+    frame is drawn from each (sorted; Ilic 2024 §4.4)."""
     if frames >= num_frames:
         return uniform_indices(num_frames, frames, short)
     edges = np.linspace(0, num_frames, frames + 1)

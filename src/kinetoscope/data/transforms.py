@@ -3,7 +3,7 @@
 Broomé 2022 §3.2: "horizontal flipping, random cropping and shading by adding Gaussian noise. The
 transformations are consistent across a given sequence". Feichtenhofer 2017 Ch. 3: crop width and height
 jittered (here: random resized crop), the same crop and flip for all chunks and for the flow; a
-horizontal flip negates the horizontal flow component u. Ilic 2024 §train: contrast/hue/brightness
+horizontal flip negates the horizontal flow component u. Ilic 2024 §4.4: contrast/hue/brightness
 jitter, whole-video flip.
 
 Every transform takes and returns ``(video, flow)``: ``video`` ``[C, T, H, W]``, float in [0, 1] or
@@ -255,7 +255,7 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 class GaussianShading:
     """Add one Gaussian noise field ``N(0, std²)`` of shape ``[C, 1, H, W]`` to every frame (Broomé 2022
-    Broomé 2022 §3.2 "shading by adding Gaussian noise", consistent across the sequence), with probability ``p``."""
+    §3.2 "shading by adding Gaussian noise", consistent across the sequence), with probability ``p``."""
 
     def __init__(self, std: float = 0.05, p: float = 0.5) -> None:
         self.std, self.p = std, p

@@ -3,7 +3,7 @@
 * ``kinetoscope suite reversal RUN...`` — :func:`run_reversal_suite`: each run's accuracy on its
   evaluation split with the clips' frames in the original order and reversed (Mänttäri 2020 §4.2,
   Table 1: "reverse every validation clip at test time; report next to the forward score"; Broomé 2022
-  Broomé 2022 §5.3 does the same on Temporal Shapes). A model that ignores the order of frames scores the
+  §5.3 does the same on Temporal Shapes). A model that ignores the order of frames scores the
   same both ways; the drop Δ = original − reversed is its reliance on temporal order.
 * ``kinetoscope suite shape-texture RUN... --domains DIR`` — :func:`run_shape_texture_suite`: each
   run's accuracy on its validation split (V) and on the S1, S2 and T domains built by
