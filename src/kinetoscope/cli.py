@@ -1,6 +1,6 @@
 """The one command line: ``kinetoscope <command>``.
 
-Thin by design (DESIGN.md): every command parses its options and calls one function of the
+Thin by design (docs/architecture.md): every command parses its options and calls one function of the
 packages; heavy imports (torch, lightning) happen inside the commands so ``--help`` stays fast.
 Errors that users can fix (bad config, missing file, unknown name) are printed as one red line and
 exit with status 2, without a traceback.
@@ -144,7 +144,7 @@ def synth_temporal_shapes(
     gifs: Annotated[int, typer.Option(help="Preview GIFs to write.")] = 5,
     overwrite: bool = False,
 ) -> None:
-    """Generate Temporal Shapes (seed 000 [T] §5.1): 5 trajectory classes, 4 appearance domains."""
+    """Generate Temporal Shapes (Broomé 2022 §5.1): 5 trajectory classes, 4 appearance domains."""
     from kinetoscope.synth import generate_temporal_shapes
 
     path = generate_temporal_shapes(out_dir, domain=domain, num=num, split=split, val_fraction=val_fraction,
@@ -194,7 +194,7 @@ def synth_appearance_free(
     no_flow: Annotated[bool, typer.Option("--no-flow", help="Do not keep the flow beside the frames.")] = False,
     overwrite: bool = False,
 ) -> None:
-    """Turn videos into appearance-free (random-dot) videos that keep only motion (seed 003 §4.3)."""
+    """Turn videos into appearance-free (random-dot) videos that keep only motion (Ilic 2024 §4.3)."""
     from kinetoscope.synth.appearance_free import make_appearance_free_dataset
 
     path = make_appearance_free_dataset(source, out_dir, flow_method=flow, mode=mode, placement=placement, seed=seed,
@@ -214,7 +214,7 @@ def synth_domains(
     fill: Annotated[str, typer.Option(help="T fill: imagenet, clip or R,G,B.")] = "imagenet",
     overwrite: bool = False,
 ) -> None:
-    """Shape/texture test domains (seed 000, Diving48): S1 segmented actor, S2 actor box, T filled box."""
+    """Shape/texture test domains (Broomé 2022, Diving48): S1 segmented actor, S2 actor box, T filled box."""
     from kinetoscope.synth.domains import DOMAINS, make_domain_datasets
 
     fill_value: str | tuple[float, ...] = fill
@@ -315,7 +315,7 @@ def data_prepare(
     flow: Annotated[str | None, typer.Option(help="Also cache optical flow: farneback, tvl1, dis, raft or auto.")]
     = None,
     flow_fps: Annotated[float | None, typer.Option(help="Compute flow at this rate, matched to the frames "
-                                                        "(seed 000: 16 with --fps 2).")] = None,
+                                                        "(Broomé 2022: 16 with --fps 2).")] = None,
     flow_magnitude: Annotated[bool, typer.Option(help="Add sqrt(u²+v²) as a third flow channel.")] = False,
     flow_pair: Annotated[str, typer.Option(help="forward (t, t+1) or backward (t-1, t).")] = "forward",
     flow_option: Annotated[list[str] | None, typer.Option(help="Flow method option KEY=VALUE (repeatable).")]
@@ -671,7 +671,7 @@ def suite_temporal_shapes(
                                                      "(default $KINETOSCOPE_MNIST, else scikit-learn's "
                                                      "bundled digits).")] = None,
 ) -> None:
-    """The Temporal Shapes cross-domain study (seed 000 §5.3): accuracy and rr per family and width."""
+    """The Temporal Shapes cross-domain study (Broomé 2022 §5.3): accuracy and rr per family and width."""
     _accelerator(accelerator)
     from kinetoscope.suites.temporal_shapes import run_temporal_shapes_study
 
@@ -709,7 +709,7 @@ def suite_shape_texture(
     recompute: bool = False,
     accelerator: Accelerator = None,
 ) -> None:
-    """S1/V, S2/V, T/V and T/S1 per run (seed 000, Diving48 domains)."""
+    """S1/V, S2/V, T/V and T/S1 per run (Broomé 2022, Diving48 domains)."""
     _accelerator(accelerator)
     from kinetoscope.suites.reversal import run_shape_texture_suite
 
@@ -735,7 +735,7 @@ def suite_appearance_free(
     seed: int = 0,
     accelerator: Accelerator = None,
 ) -> None:
-    """Accuracy on RGB vs appearance-free versions of a dataset, per model, with Δ (seed 003 Table 4.1)."""
+    """Accuracy on RGB vs appearance-free versions of a dataset, per model, with Δ (Ilic 2024 Table 4.1)."""
     _accelerator(accelerator)
     from kinetoscope.suites.appearance_free import run_appearance_free_suite
 

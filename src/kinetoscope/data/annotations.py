@@ -4,17 +4,17 @@ Formats (``load_annotations(..., format=...)``):
 
 ``csv``      a table with ``path,label`` and optionally ``subject``, ``start``, ``end`` (seconds),
              ``split``, ``video_id``, ``domain``; paths relative to the CSV's folder (or ``root``).
-             Labels per video, subjects per video as in the pain data (seed 000 [T] §3.1).
+             Labels per video, subjects per video as in the pain data (Broomé 2022 §3.1).
 ``folders``  ``root/<label>/<video file or frame folder>``.
-``ucf101``   ``classInd.txt`` + ``trainlist0k.txt`` / ``testlist0k.txt`` (official splits, seed 004
-             Ch. 3; seed 003 §data). The subject is the UCF *group* ``gNN`` (clips cut from one long
+``ucf101``   ``classInd.txt`` + ``trainlist0k.txt`` / ``testlist0k.txt`` (official splits,
+             Feichtenhofer 2017 Ch. 3; Ilic 2024 Ch. 4). The subject is the UCF *group* ``gNN`` (clips cut from one long
              video share a group and never straddle the official splits).
 ``hmdb51``   ``<class>_test_split<k>.txt`` files with ``name.avi 1|2|0`` = train | test | unused
              (unused videos are left out, as in the official protocol).
 ``ssv2``     Something-Something v2 ``labels.json`` + ``train.json`` / ``validation.json``; the class is
-             the template with its brackets removed (seed 001 §4.1); videos ``<id>.webm``.
+             the template with its brackets removed (Mänttäri 2020 §4.1); videos ``<id>.webm``.
 ``kth``      ``personNN_<action>_dK_uncomp.avi``; subject = person. Splits: ``standard`` (Schüldt et
-             al.: train 11–18, val 1, 4, 19–21, 23–25, test 2, 3, 5–10, 22) or ``accv`` (seed 001 §4.1:
+             al.: train 11–18, val 1, 4, 19–21, 23–25, test 2, 3, 5–10, 22) or ``accv`` (Mänttäri 2020 §4.1:
              train 1–16, test 17–25). With the ``00sequences.txt`` file each video splits into its
              annotated sequences (frame ranges at 25 fps -> ``start``/``end`` seconds).
 

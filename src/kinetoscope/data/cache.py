@@ -1,6 +1,6 @@
 """The on-disk dataset store that ``data prepare`` and the synthetic generators both write.
 
-Layout of a dataset directory (DESIGN.md "Data flow")::
+Layout of a dataset directory (docs/architecture.md)::
 
     <root>/
       dataset.json       name, classes (ordered), fps, frame size, channels, source, ...

@@ -1,7 +1,7 @@
 """``data prepare`` and ``data inspect``: decode every video once into the frame cache.
 
-The pain pipeline extracts frames at 2 fps before anything else (seed 000 [T] §3.1); the benchmark
-pipelines rescale frames to a short side (seed 004 Ch. 3). ``prepare_dataset`` does both for any
+The pain pipeline extracts frames at 2 fps before anything else (Broomé 2022 §3.1); the benchmark
+pipelines rescale frames to a short side (Feichtenhofer 2017 Ch. 3). ``prepare_dataset`` does both for any
 annotation format and writes the :class:`~kinetoscope.data.cache.DatasetStore` layout::
 
     <out>/dataset.json, annotations.csv, problems.csv, frames/<id>.npy   (see data/cache.py)
@@ -145,7 +145,7 @@ def _video_flow(
     record: VideoRecord, frames: np.ndarray, flow_fn: Any, fps: float | None, folder_fps: float
 ) -> np.ndarray:
     """Flow for one video's cached frames: the user's function, or one field per frame from a FlowSpec,
-    computed on the video decoded again at ``spec.fps`` when set (seed 000: 16 fps for 2 fps frames)."""
+    computed on the video decoded again at ``spec.fps`` when set (Broomé 2022: 16 fps for 2 fps frames)."""
     if callable(flow_fn):
         return flow_fn(frames)
     from kinetoscope.flow import video_flow
@@ -365,12 +365,12 @@ def prepare_dataset(
     """Index, decode, resample and cache the videos of ``source`` into ``out_dir``.
 
     ``format``: csv | folders | ucf101 | hmdb51 | ssv2 | kth (see ``data/annotations.py``);
-    ``annotations``: the file or folder that format needs. ``fps``: target frame rate (seed 000: 2),
+    ``annotations``: the file or folder that format needs. ``fps``: target frame rate (Broomé 2022: 2),
     ``None`` keeps the source rate. ``size``: shorter side (int) or ``(h, w)``. ``workers``: processes
     (0 = in this process). ``shard``: ``(i, n)`` or ``"i/n"``. ``flow``: ``True`` (Farnebäck), a method
     name (``"farneback" | "tvl1" | "dis"``), a dict of ``kinetoscope.flow.FlowSpec`` fields (``method,
     fps, pair, magnitude, options``; e.g. ``{"method": "farneback", "fps": 16, "magnitude": True}`` is
-    seed 000) or a FlowSpec: caches ``flow/<id>.npy`` with one field per frame, also for videos whose
+    Broomé 2022) or a FlowSpec: caches ``flow/<id>.npy`` with one field per frame, also for videos whose
     frames an earlier run cached (skipping those with flow); or a function ``uint8 [T,H,W,C] -> float
     [T',H,W,2|3]``. Returns a :class:`PrepareSummary`; unusable inputs are listed in ``problems.csv``,
     never silently dropped.

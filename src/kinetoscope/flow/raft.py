@@ -423,9 +423,9 @@ def read_raft_weights(path: str | Path, variant: str | None = None) -> RAFT:
     """RAFT from a ``.safetensors`` file (written by the importer) or a torchvision ``.pth`` checkpoint."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from kinetoscope.checkpoint_io import read_safetensors
 
-        state = load_file(str(path))
+        state = read_safetensors(path)  # checked against its recorded sha256
     else:
         state = read_checkpoint(path)
     return raft_from_state(state, str(path), variant)

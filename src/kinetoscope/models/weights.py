@@ -1,6 +1,6 @@
 """Weight import from torchvision / PyTorchVideo checkpoints, and strict ``.safetensors`` save/load.
 
-``kinetoscope models import --from torchvision|pytorchvideo NAME FILE`` (issue 4, item 6; DESIGN.md
+``kinetoscope models import --from torchvision|pytorchvideo NAME FILE`` (docs/architecture.md
 "Checkpoints"): read a checkpoint of those libraries from disk without unpickling code
 (``torch.load(..., weights_only=True)``), rename its keys (and reshape where kinetoscope stores a tensor
 differently) to kinetoscope's modules, refuse with a diff naming every missing, unexpected and

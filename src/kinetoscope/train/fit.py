@@ -1,6 +1,6 @@
 """``kinetoscope train``: build data, model and a Lightning Trainer from a RunConfig; write the run dir.
 
-Run directory (DESIGN.md): config.yaml, metrics.csv (one row per epoch), checkpoints/{best,last}.ckpt,
+Run directory (docs/architecture.md): config.yaml, metrics.csv (one row per epoch), checkpoints/{best,last}.ckpt,
 model.safetensors + model.json (best weights), summary.json. Predictions are written afterwards by
 ``kinetoscope.evaluate.predict_run`` (the CLI and the demo call both).
 """
