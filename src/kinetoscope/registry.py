@@ -72,7 +72,6 @@ class Registry:
 
 
 MODELS = Registry("model")
-DATASETS = Registry("dataset")
 FLOW_METHODS = Registry("flow method")
 EXPLAINERS = Registry("explainer")
 

@@ -7,7 +7,6 @@ recall, and for two classes the area under the ROC curve of the second class aga
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -66,6 +65,3 @@ def robustness_ratio(target_accuracy: float, source_val_accuracy: float) -> floa
         return float("nan")
     return float(target_accuracy) / float(source_val_accuracy)
 
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

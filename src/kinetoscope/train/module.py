@@ -142,7 +142,3 @@ class VideoClassifier(pl.LightningModule):
         if o.name == "rmsprop":
             return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         raise ValueError(f"optim.name {o.name!r} is not supported")
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
