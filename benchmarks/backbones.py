@@ -1,11 +1,11 @@
-"""Backbone throughput on the CPU next to the machine's fp32 GEMM rate (issue 4, "Must show").
+"""Backbone throughput on the CPU next to the machine's fp32 GEMM rate.
 
 For r2plus1d_18, mc3_18 and x3d_s on clips of 16x112x112, batch 4, measures inference and training
 clips/s and the achieved GFLOP/s (FLOPs from PyTorch's counter, 2 per multiply-add, see
 ``kinetoscope.models.profile``; training FLOPs = forward + backward counted the same way) and divides it
 by the GFLOP/s of a 2048x2048 fp32 matmul measured in the same run and with the same thread count —
 re-measured right before and after every timing (their mean is that row's "GEMM"), so a machine shared
-with other jobs slows both sides of each ratio alike. Goal (issue 4): >= 60 % of the GEMM rate at
+with other jobs slows both sides of each ratio alike. Goal: >= 60 % of the GEMM rate at
 inference for the ResNet-3D models.
 
 Inference variants tried (each ratio is printed; "vs base" = speed-up over eager + no_grad):

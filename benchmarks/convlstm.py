@@ -1,7 +1,7 @@
 """ConvLSTM training throughput on CPU: the fast layer against the straightforward cell.
 
 Issue "The spine", item 4. One training step (forward + backward + SGD) of the 3-block ``convlstm``
-model of seed 000 [T] §5.3 (64x64x20 grayscale, h=16, batch 16, 5 classes) with each ConvLSTM
+model of Broomé 2022 §5.3 (64x64x20 grayscale, h=16, batch 16, 5 classes) with each ConvLSTM
 implementation, in the same process, interleaved, median over repeats:
 
 * ``baseline``  - ``reference_convlstm``: ConvLSTMCell (one Conv2d over cat([x_t, h_{t-1}])) stepped

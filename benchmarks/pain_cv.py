@@ -1,4 +1,4 @@
-"""Two-stream ConvLSTM-2 vs RGB-only ConvLSTM-1 under leave-one-subject-out (seed 000 [T] §3.2).
+"""Two-stream ConvLSTM-2 vs RGB-only ConvLSTM-1 under leave-one-subject-out (Broomé 2022 §3.2).
 
 The issue-6 "must show" at benchmark size: mp4 videos of synthetic subjects whose class (pan
 direction) is visible only in motion (``tests/test_cv.py::write_subject_videos``), prepared with

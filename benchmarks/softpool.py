@@ -1,4 +1,4 @@
-"""SoftPool vs average pooling: forward + backward on the same tensor, CPU (issue 5, item 1).
+"""SoftPool vs average pooling: forward + backward on the same tensor, CPU.
 
 Shapes: MTConv's spatial (1, 2, 2) SoftPool on an X3D-stage-sized activation, a cubic 2x2x2 window, and a
 2D 2x2 window; plus the two backward modes (exact autograd gradient, the author's ``g * w`` gradient) and,

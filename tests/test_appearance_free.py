@@ -1,4 +1,4 @@
-"""Appearance-free videos (seed 003 §4.3): uniform noise per frame, motion kept, no appearance leaks."""
+"""Appearance-free videos (Ilic 2024 §4.3): uniform noise per frame, motion kept, no appearance leaks."""
 
 from __future__ import annotations
 

@@ -31,9 +31,10 @@ NOT_CITATIONS: set[str] = set()
 
 def _files() -> list[Path]:
     out = [ROOT / "README.md"]
-    for folder in ("src", "configs", "docs"):
+    for folder in ("src", "configs", "docs", "benchmarks", "tests"):
         out += [p for p in sorted((ROOT / folder).rglob("*"))
-                if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts]
+                if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts
+                and ".egg-info" not in str(p) and p.name != Path(__file__).name]  # this file plants the patterns
     return out
 
 

@@ -1,4 +1,4 @@
-"""Class Regularisation (seed 002 ch. 6, Algorithm 1, with the spec's [λ, 1] normalisation): the class
+"""Class Regularisation (Stergiou 2021 ch. 6, Algorithm 1, with the spec's [λ, 1] normalisation): the class
 chosen from pooled features without labels, the channel scale λ + (1 - λ)·minmax(M[c]) on a hand-built
 case, λ = 1 as the identity, gradients (map yes, classifier no) and the parameter count."""
 

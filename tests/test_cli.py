@@ -1,4 +1,4 @@
-"""The command line: fast help, one-line errors that name the culprit, the commands of issue 2."""
+"""The command line: fast help, one-line errors that name the culprit, the stable command names."""
 
 from __future__ import annotations
 

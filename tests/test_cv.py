@@ -1,4 +1,4 @@
-"""``kinetoscope cv`` (seed 000 [T] §3.2): leave-one-subject-out folds, no subject leaks, resume, and the
+"""``kinetoscope cv`` (Broomé 2022 §3.2): leave-one-subject-out folds, no subject leaks, resume, and the
 end-to-end check on mp4 videos of synthetic subjects whose class is visible only in motion."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _records(subjects_per_label: dict[str, list[str]]) -> list[VideoRecord]:
     ]
 
 
-def test_seed000_validation_rule_uses_subject_5_and_1_when_5_tests() -> None:
+def test_broome_validation_rule_uses_subject_5_and_1_when_5_tests() -> None:
     from kinetoscope.data.splits import leave_one_subject_out
     from kinetoscope.suites.cv import validation_priority
 
@@ -227,7 +227,7 @@ def test_cv_tables_hold_mean_and_std_over_folds(tmp_path: Path) -> None:
     summary = write_tables(tmp_path, results, repeats=2)
     assert summary["clip"]["macro_f1"]["mean"] == pytest.approx(0.75)
     assert summary["clip"]["macro_f1"]["std"] == pytest.approx(np.std([0.6, 0.8, 0.7, 0.9], ddof=1))
-    # [T] Table 3.4: std over test subjects within a repeat, averaged over repeats
+    # Broomé 2022 Table 3.4: std over test subjects within a repeat, averaged over repeats
     assert summary["clip"]["macro_f1"]["std_over_subjects"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert summary["mean_best_epoch"] == 4  # 1-based: epoch index 3 is the 4th epoch
     with open(tmp_path / "subjects.csv", newline="") as fh:

@@ -1,4 +1,4 @@
-"""Clip sampling: uniform, dense windows (seed 000), jitter, oversampling, segments, short videos."""
+"""Clip sampling: uniform, dense windows (Broomé 2022), jitter, oversampling, segments, short videos."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_short_video_is_padded_with_its_last_frame_or_skipped() -> None:
     assert dense_windows(7, 10, 10, short="skip") == []
 
 
-def test_dense_windows_seed000_back_to_back_at_stride_10() -> None:
+def test_dense_windows_back_to_back_at_stride_10_as_broome_2022() -> None:
     windows = dense_windows(35, 10, 10)
     assert [w[0] for w in windows] == [0, 10, 20]  # the 5-frame tail never makes a clip crossing the end
     assert all(len(w) == 10 and w[-1] < 35 for w in windows)

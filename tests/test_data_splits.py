@@ -1,4 +1,4 @@
-"""Subject-exclusive splits: LOSO with the seed-000 validation rule, group k-fold, official splits."""
+"""Subject-exclusive splits: LOSO with Broomé 2022's validation rule, group k-fold, official splits."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def assert_no_subject_in_two_parts(records: list[VideoRecord], fold: Fold) -> No
     assert sorted(fold.train + fold.val + fold.test) == list(range(len(records)))
 
 
-def test_loso_seed000_validation_is_subject_5_or_1_when_5_tests() -> None:
+def test_loso_broome_validation_is_subject_5_or_1_when_5_tests() -> None:
     records = horses()
     folds = leave_one_subject_out(records, val_subjects=SEED000_VAL_SUBJECTS)
     assert [f.test_subjects for f in folds] == [[str(s)] for s in range(1, 7)]

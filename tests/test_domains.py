@@ -1,4 +1,4 @@
-"""Shape/texture domains S1, S2, T (seed 000 [T] §5.4) on generated clips with known masks."""
+"""Shape/texture domains S1, S2, T (Broomé 2022 §5.4) on generated clips with known masks."""
 
 from __future__ import annotations
 

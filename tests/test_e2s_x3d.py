@@ -1,4 +1,4 @@
-"""E2S-X3D (seed 003 Ch. 4): X3D-M on RGB + X3D-S on flow, late fusion by concatenation."""
+"""E2S-X3D (Ilic 2024 Ch. 4): X3D-M on RGB + X3D-S on flow, late fusion by concatenation."""
 
 from __future__ import annotations
 

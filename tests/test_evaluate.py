@@ -12,7 +12,7 @@ from kinetoscope.evaluate import aggregate_videos, classification_metrics, robus
 
 def test_robustness_ratio_is_target_over_best_source_validation():
     assert robustness_ratio(0.45, 0.9) == pytest.approx(0.5)
-    # Table 5.6 of seed 000: 3D CNN h=8, 5Dot 81.2 % vs 2Dot val 93.2 % -> rr 0.871
+    # Table 5.6 of Broomé 2022: 3D CNN h=8, 5Dot 81.2 % vs 2Dot val 93.2 % -> rr 0.871
     assert robustness_ratio(0.812, 0.932) == pytest.approx(0.8712, abs=1e-4)
     assert math.isnan(robustness_ratio(0.3, 0.0))
 

@@ -1,4 +1,4 @@
-"""Activation maximisation (seed 004 ch. 6, Eqs. 6.1–6.7): regulariser formulas on hand-made tensors,
+"""Activation maximisation (Feichtenhofer 2017 ch. 6, Eqs. 6.1–6.7): regulariser formulas on hand-made tensors,
 large activation gains inside the pixel bound, the preferred input of a linear unit, motion regularisers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Class Feature Pyramids (seed 002 §7.5, Eqs. 7.2–7.5, Fig. 7.9): the back-step follows a planted path
+"""Class Feature Pyramids (Stergiou 2021 §7.5, Eqs. 7.2–7.5, Fig. 7.9): the back-step follows a planted path
 through a residual block with a grouped conv and a two-branch concatenation."""
 
 from __future__ import annotations

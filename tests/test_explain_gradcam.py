@@ -1,4 +1,4 @@
-"""Grad-CAM for video (seed 001 [P] Eq. 2; spec §3.2): per-timestep weights, planted region, ConvLSTM."""
+"""Grad-CAM for video (Mänttäri 2020 Eq. 2): per-timestep weights, planted region, ConvLSTM."""
 
 from __future__ import annotations
 

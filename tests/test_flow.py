@@ -1,5 +1,5 @@
 """Optical flow: methods on sequences with known motion (EPE thresholds), pair matching, encodings,
-stacks and colour-wheel pictures (seed 000 [T] §3.2; seed 004 Ch. 3)."""
+stacks and colour-wheel pictures (Broomé 2022 §3.2; Feichtenhofer 2017 Ch. 3)."""
 
 from __future__ import annotations
 

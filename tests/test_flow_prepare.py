@@ -1,4 +1,4 @@
-"""``prepare_dataset(..., flow=...)``: flow cached one field per frame, at a chosen rate (seed 000: 16
+"""``prepare_dataset(..., flow=...)``: flow cached one field per frame, at a chosen rate (Broomé 2022: 16
 fps flow matched to 2 fps RGB), added to an existing cache and resumable."""
 
 from __future__ import annotations

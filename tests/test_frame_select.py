@@ -1,4 +1,4 @@
-"""Triplet-cosine frame selection (seed 002 §5.3.1, Eqs. 5.6-5.7): scores on a hand-made sequence, keeping
+"""Triplet-cosine frame selection (Stergiou 2021 §5.3.1, Eqs. 5.6-5.7): scores on a hand-made sequence, keeping
 the least redundant frames of a constructed clip, selecting (exact copies) not blending, temporal order."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VGG-style 3D CNN (seed 000 [T] §5.4)."""
+"""VGG-style 3D CNN (Broomé 2022 §5.4)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_c3d_defaults_are_the_11_layer_diving48_model_with_23_3m_parameters() ->
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
     assert len(convs) == 11
     assert count(model.blocks) == 23_299_968
-    assert count(model) == 23_299_968 + 512 * 48 + 48 == 23_324_592  # "23.3M" ([T] §5.4 d)
+    assert count(model) == 23_299_968 + 512 * 48 + 48 == 23_324_592  # "23.3M" (Broomé 2022 §5.4 d)
 
 
 def test_c3d_four_max_pools_halve_time_and_space_four_times() -> None:

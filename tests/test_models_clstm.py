@@ -1,4 +1,4 @@
-"""C-LSTM of seed 001 [P] §4.2: its parameter count and its shapes."""
+"""C-LSTM of Mänttäri 2020 §4.2: its parameter count and its shapes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def test_convlstms_and_dense_layer_have_the_papers_1_323_950_parameters():
         model = create_model("clstm_accv", 174)
     bn = sum(p.numel() for n, p in model.named_parameters() if ".bn." in n)
     total = sum(p.numel() for p in model.parameters())
-    assert total - bn == 1_323_950  # spec §2.2: ConvLSTMs + dense with 'same' padding
+    assert total - bn == 1_323_950  # Mänttäri 2020 §4.2: ConvLSTMs + dense with 'same' padding
     assert bn == 3 * 2 * 32
     assert model.classifier.in_features == 32 * 3 * 3 * 16  # 224 -> 112 -> 56 -> 28 -> 14 -> 7 -> 3
 

@@ -1,4 +1,4 @@
-"""Inception-v1 I3D of seed 001 ([P] §4.2; spec broome-and-manttari.md §2.2, ambiguity 11)."""
+"""Inception-v1 I3D of Mänttäri 2020 (Mänttäri 2020 §4.2; docs/deviations.md)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_i3d_has_three_conv_units_nine_inception_modules_and_four_max_pools() ->
 
 @pytest.mark.parametrize(("strides", "steps"), [((1, 1, 2), 8), ((2, 2, 2), 2), ((1, 2, 2), 4)])
 def test_i3d_temporal_strides_set_the_steps_of_mixed_5c(strides: tuple[int, int, int], steps: int) -> None:
-    # seed 001: stride 1 in Conv3d_1a and MaxPool3d_4a keeps L/2 = 8 steps of a 16-frame clip; original L/8
+    # Mänttäri 2020: stride 1 in Conv3d_1a and MaxPool3d_4a keeps L/2 = 8 steps of a 16-frame clip; original L/8
     with torch.device("meta"):
         model = I3D(num_classes=5, temporal_strides=strides)
         features = model.forward_features(torch.empty(1, 3, 16, 224, 224))

@@ -1,4 +1,4 @@
-"""Weight import from torchvision / PyTorchVideo layouts (issue 4 item 6).
+"""Weight import from torchvision / PyTorchVideo layouts.
 
 Neither library is installed, so foreign checkpoints are built from the key/shape lists of
 shared/reference/reference_models.json (random tensors of the listed shapes, saved with ``torch.save``),

@@ -3,7 +3,7 @@ convolves in time, and a forward/backward pass at a small clip.
 
 Counts are checked three ways: exactly against torchvision at depth 18 (shared/reference), exactly against
 an analytic count written out here from the architecture description (every depth), and against the
-parameter counts the SRTG chapter reports for its plain baselines (spec stergiou.md §2.1, to 0.01M).
+parameter counts the SRTG chapter reports for its plain baselines (Stergiou 2021 Table 4.2, to 0.01M).
 Models for counting are built on the meta device (no memory, no initialisation time).
 """
 
@@ -16,7 +16,7 @@ from kinetoscope.models import create_model
 from kinetoscope.models.resnet3d import Conv2Plus1D, VideoResNet, mid_channels
 
 TORCHVISION_PARAMS = {"r3d_18": 33_371_472, "mc3_18": 11_695_440, "r2plus1d_18": 31_505_325}
-# Plain-baseline parameter counts in millions, 400 classes (spec stergiou.md §2.1, Table 4.2).
+# Plain-baseline parameter counts in millions, 400 classes (Stergiou 2021 Table 4.2).
 REPORTED_MILLIONS = {
     "r3d_34": 63.68,
     "r3d_50": 36.72,

@@ -1,5 +1,5 @@
 """Every registered model builds, runs forward and backward on a small clip, and declares the attributes
-the rest of the toolkit relies on (DESIGN.md conventions: ``streams``, ``per_frame``, ``explain_layer``)."""
+the rest of the toolkit relies on (docs/architecture.md conventions: ``streams``, ``per_frame``, ``explain_layer``)."""
 
 from __future__ import annotations
 

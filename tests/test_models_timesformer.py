@@ -1,4 +1,4 @@
-"""Divided space-time TimeSformer (Bertasius et al. 2021; seed 000 [T] §5.3-5.4)."""
+"""Divided space-time TimeSformer (Bertasius et al. 2021; Broomé 2022 §5.3-5.4)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def count(module: nn.Module) -> int:
 
 @pytest.mark.parametrize(("hidden", "params"), [(2, 20_421), (48, 8_968_709)])
 def test_temporal_shape_timesformer_spans_the_thesis_20k_to_9m_parameters(hidden: int, params: int) -> None:
-    # [T] §5.3: 3 blocks, 8 heads, D_h = h, D = 8h, patch 16, 64x64 grayscale, 5 classes ("≈20k ... 9M")
+    # Broomé 2022 §5.3: 3 blocks, 8 heads, D_h = h, D = 8h, patch 16, 64x64 grayscale, 5 classes ("≈20k ... 9M")
     with torch.device("meta"):
         model = create_model("timesformer", 5, 1, hidden=hidden, input_size=64, frames=20)
     assert count(model) == params
@@ -28,7 +28,7 @@ def test_each_block_has_20_d_squared_plus_17_d_parameters() -> None:
         model = create_model("timesformer", 48, 3, hidden=32, depth=11, input_size=224, frames=32)
     dim = 8 * 32
     assert all(count(block) == 20 * dim**2 + 17 * dim for block in model.blocks)
-    assert round(count(model) / 1e6, 1) == 14.7  # Diving48 e-h: "≈14M" ([T] §5.4)
+    assert round(count(model) / 1e6, 1) == 14.7  # Diving48 e-h: "≈14M" (Broomé 2022 §5.4)
 
 
 def reference_divided_attention(attention: DividedAttention, x: torch.Tensor, axis: str, frames: int,

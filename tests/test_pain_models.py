@@ -1,4 +1,4 @@
-"""ConvLSTM-1 / ConvLSTM-2 of seed 000 [T] §3.2: parameter counts, shapes, fusion, frame votes, losses."""
+"""ConvLSTM-1 / ConvLSTM-2 of Broomé 2022 §3.2: parameter counts, shapes, fusion, frame votes, losses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Video-level decisions (seed 000 [T] §3.2-3.3): majority vote, mean and top-k% MIL on hand-made clip
+"""Video-level decisions (Broomé 2022 §3.2-3.3): majority vote, mean and top-k% MIL on hand-made clip
 score tables, and ``predict_videos`` on new mp4 files (CSVs and timeline)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SoftPool (seed 002 Eq. 5.5): the formula on hand-computed windows, exact gradients (float64 gradcheck),
+"""SoftPool (Stergiou 2021 Eq. 5.5): the formula on hand-computed windows, exact gradients (float64 gradcheck),
 the two limits (max-pool as the input is scaled up, avg-pool on constant windows), stability at extreme
 scales, fp32 under autocast, and ordinary pooling geometry."""
 

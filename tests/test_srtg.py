@@ -1,4 +1,4 @@
-"""Squeeze and Recursion, the cycle-consistency gate and the SRTG ResNets (seed 002 §4.3, §5.3.2):
+"""Squeeze and Recursion, the cycle-consistency gate and the SRTG ResNets (Stergiou 2021 §4.3, §5.3.2):
 SR = a ⊙ h with h the recurrent net over pool_s(a); the thesis' GRU candidate (Eq. 5.10); the gate's open /
 closed / inactive states on sequences whose consistency is known; every placement of Fig. 4.5 sees the
 tensor it should; parameter counts against the thesis; one training step."""
@@ -15,7 +15,7 @@ from kinetoscope.models import create_model
 from kinetoscope.models.resnet3d import Conv2Plus1D, Conv3DSimple
 from kinetoscope.models.srtg import PLACEMENTS, SRTGBasicBlock, SRTGBottleneck, SRTGResNet
 
-# Thesis parameter counts in millions, 400 classes (Tables 4.2 / 4.5; spec stergiou.md §2.1).
+# Thesis parameter counts in millions, 400 classes (Stergiou 2021 Tables 4.2 / 4.5).
 REPORTED_MILLIONS = {
     "srtg_r3d_34": 83.86,
     "srtg_r3d_50": 56.90,

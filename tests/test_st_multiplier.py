@@ -1,4 +1,4 @@
-"""Spatiotemporal multiplier networks (seed 004 Ch. 5): multiplicative gates, identity temporal filters."""
+"""Spatiotemporal multiplier networks (Feichtenhofer 2017 Ch. 5): multiplicative gates, identity temporal filters."""
 
 from __future__ import annotations
 

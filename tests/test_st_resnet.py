@@ -1,4 +1,4 @@
-"""ST-ResNet (seed 004 Ch. 4): additive motion -> appearance residuals, w/T' temporal filters, sub-batch
+"""ST-ResNet (Feichtenhofer 2017 Ch. 4): additive motion -> appearance residuals, w/T' temporal filters, sub-batch
 BatchNorm."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""T-ResNet (seed 004 Ch. 7): temporal residual units with scale S = 0.01, global temporal max pool."""
+"""T-ResNet (Feichtenhofer 2017 Ch. 7): temporal residual units with scale S = 0.01, global temporal max pool."""
 
 from __future__ import annotations
 

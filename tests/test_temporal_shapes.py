@@ -1,4 +1,4 @@
-"""Temporal Shape generator (seed 000 [T] §5.1; spec §1.1, ambiguities 13, 15, 16)."""
+"""Temporal Shape generator (Broomé 2022 §5.1; docs/deviations.md, 'Temporal Shapes')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Domain transfer (seed 000 [T] §3.3): 1.5 x the mean best epoch of a cv run, training without
+"""Domain transfer (Broomé 2022 §3.3): 1.5 x the mean best epoch of a cv run, training without
 validation, and head-only fine-tuning that leaves every trunk weight and BatchNorm statistic alone."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_transfer_trains_one_and_a_half_times_the_mean_best_epoch(tmp_path: Path
 
     cv = _fake_cv(tmp_path / "cv", [75, 76, 77])  # 0-based epoch indices -> epochs 76, 77, 78
     assert mean_best_epoch(cv) == 77
-    assert transfer_epochs(cv) == 115  # [T] §3.3: ConvLSTM-2 77 -> 115
+    assert transfer_epochs(cv) == 115  # Broomé 2022 §3.3: ConvLSTM-2 77 -> 115
     with pytest.raises(FileNotFoundError, match="run cv first"):
         mean_best_epoch(tmp_path / "empty")
 

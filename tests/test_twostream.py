@@ -1,4 +1,4 @@
-"""Two-stream fusion layers and the ``twostream`` network (seed 004 Ch. 3, spec feichtenhofer.md "layers")."""
+"""Two-stream fusion layers and the ``twostream`` network (Feichtenhofer 2017 Ch. 3)."""
 
 from __future__ import annotations
 
